@@ -1,0 +1,181 @@
+"""Celery workers that run inside this process, in daemon threads.
+
+The same idea as ``celery.contrib.testing.worker.start_worker`` with a product's lifecycle
+around it: readiness is an event, tasks registered after start are accepted, workers can be
+stopped and started again in one process (Celery's global ``should_terminate`` reset, the
+threads pool's executor shut down).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from celery.result import _set_task_join_will_block
+from celery.utils.nodenames import anon_nodename
+from celery.worker import WorkController, state
+from celery.worker.consumer import Consumer
+
+logger = logging.getLogger("celerynb.worker")
+
+
+class _AutoStrategies(dict):
+    """Build the strategy of a task registered after the worker started, on first message.
+
+    Celery builds every task's strategy once at consumer start and rejects later tasks as
+    unregistered; the task handler keeps a reference to this very dict, so it is filled in place.
+    """
+
+    consumer: Consumer | None = None
+
+    def __missing__(self, name: str) -> Any:
+        consumer = self.consumer
+        if consumer is None or name not in consumer.app.tasks:
+            raise KeyError(name)
+        strategy = consumer.app.tasks[name].start_strategy(consumer.app, consumer)
+        self[name] = strategy
+        return strategy
+
+
+class _NotebookConsumer(Consumer):
+    Strategies = _AutoStrategies
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strategies.consumer = self
+
+
+class _ThreadWorkController(WorkController):
+    """A WorkController that signals readiness through an event."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.ready_event = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer: Consumer) -> None:
+        self.ready_event.set()
+
+
+class InProcessWorker:
+    """One Celery worker consuming in a daemon thread of this process."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        queues: list[str] | None = None,
+        hostname: str | None = None,
+        logfile: str | None = None,
+        loglevel: str = "INFO",
+    ) -> None:
+        if pool not in ("threads", "solo"):
+            raise ValueError(f"In-process workers use the 'threads' or 'solo' pool, not {pool!r}.")
+        self.app = app
+        self.pool = pool
+        self.concurrency = 1 if pool == "solo" else concurrency
+        self.queues = list(queues) if queues else None
+        self.hostname = hostname or anon_nodename(prefix="kernel")
+        self.logfile = logfile
+        self.loglevel = loglevel
+        self.controller: _ThreadWorkController | None = None
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<InProcessWorker {self.hostname} pool={self.pool} concurrency={self.concurrency}>"
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, timeout: float = 15.0) -> InProcessWorker:
+        app = self.app
+        app.finalize()
+        # Pool threads look the app up through current_app, which falls back to the default.
+        app.set_current()
+        app.set_default()
+        self.controller = controller = _ThreadWorkController(
+            app=app,
+            hostname=self.hostname,
+            pool_cls=self.pool,
+            concurrency=self.concurrency,
+            queues=self.queues,
+            consumer_cls=_NotebookConsumer,
+            loglevel=self.loglevel,
+            logfile=self.logfile,
+            ready_callback=None,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            optimization="fair",
+        )
+        self.thread = threading.Thread(target=self._run, name=f"celerynb-worker-{self.hostname}", daemon=True)
+        deadline = time.monotonic() + timeout
+        self.thread.start()
+        while not controller.ready_event.wait(0.01):
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                break
+        # Starting a worker sets Celery's "join will block" flag: result.get() in this
+        # process would then refuse to run.
+        _set_task_join_will_block(False)
+        if not controller.ready_event.is_set():
+            raise RuntimeError(f"in-process worker {self.hostname} failed to start: {self.error!r}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.controller.start()
+        except BaseException as exc:  # noqa: BLE001 - reported through .error and start()
+            self.error = exc
+            logger.exception("in-process worker %s stopped with an error", self.hostname)
+
+    def add_queue(self, name: str) -> None:
+        if self.controller and self.controller.consumer:
+            self.controller.consumer.add_task_queue(name)
+
+    def forget_task(self, name: str) -> None:
+        """Drop a task's cached strategy so that a redefined task is rebuilt on its next message."""
+        consumer = self.controller.consumer if self.controller else None
+        if consumer is not None:
+            consumer.strategies.pop(name, None)
+
+    def active_requests(self) -> int:
+        return len(state.active_requests)
+
+    def _shutdown_pool_executor(self) -> None:
+        pool = getattr(self.controller, "pool", None)
+        executor = getattr(pool, "executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0) -> list[str]:
+    """Stop all in-process workers together; return the ids of tasks that were still running.
+
+    Celery's stop flag is process-wide, so every in-process worker stops at once.
+    """
+    running = [req.id for req in list(state.active_requests)]
+    live = [w for w in workers if w.alive]
+    if live:
+        state.should_terminate = 0
+        for worker in live:
+            worker.thread.join(timeout)
+    for worker in workers:
+        if worker.alive and worker.controller is not None:
+            # A task outlived the timeout: stop this consumer explicitly so it does not go on
+            # consuming once the global flag is reset below.
+            try:
+                worker.controller.stop(in_sighandler=False, exitcode=0)
+            except Exception:  # noqa: BLE001
+                logger.debug("explicit stop of %s failed", worker.hostname, exc_info=True)
+        if worker.controller is not None:
+            worker._shutdown_pool_executor()
+    state.should_terminate = None
+    state.should_stop = None
+    still = [req.id for req in list(state.active_requests)]
+    return [tid for tid in running if tid in still]

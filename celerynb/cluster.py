@@ -1,0 +1,385 @@
+"""The local cluster: the embedded server, workers in this process, worker processes, beat.
+
+One per process (Celery's worker state is process-wide). ``celerynb.start()`` gets or creates
+it; the first task submitted with no broker configured starts it too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from celery import Celery
+
+from . import config, server
+from ._inprocess import InProcessWorker, stop_workers
+from ._processes import WorkerProcess
+from .workers import base, urls
+
+logger = logging.getLogger("celerynb")
+
+_current: LocalCluster | None = None
+_lock = threading.RLock()
+
+
+def default_app() -> Celery:
+    from .workers.celery_app import app
+
+    return app
+
+
+class ClusterError(RuntimeError):
+    """The local cluster cannot do what was asked."""
+
+
+class LocalCluster:
+    """An embedded server plus workers, all stopped by :meth:`stop`.
+
+    Args:
+        app: the Celery app (default: ``celerynb.workers.celery_app.app``).
+        workers: in-process workers (daemon threads of this process).
+        pool: ``threads`` or ``solo`` for in-process workers.
+        concurrency: threads per in-process worker.
+        queues: queues to consume (default: every queue the app declares).
+        processes: extra ``celery worker`` processes (prefork, one child each).
+        beat: run the app's ``beat_schedule`` in this process.
+        persistent: keep queued messages across a server restart (AOF).
+    """
+
+    def __init__(
+        self,
+        app: Celery | None = None,
+        *,
+        workers: int = 1,
+        pool: str = "threads",
+        concurrency: int = 4,
+        queues: list[str] | None = None,
+        processes: int = 0,
+        beat: bool = False,
+        persistent: bool = False,
+    ) -> None:
+        if pool not in ("threads", "solo"):
+            raise ValueError(f"pool must be 'threads' or 'solo' for in-process workers, not {pool!r}.")
+        if workers < 0 or processes < 0 or concurrency < 1:
+            raise ValueError("workers and processes must be >= 0 and concurrency >= 1.")
+        self.app = app or default_app()
+        self.n_workers = workers
+        self.pool = pool
+        self.concurrency = concurrency
+        self.queues = list(queues) if queues else None
+        self.n_processes = processes
+        self.beat_enabled = beat
+        self.persistent = persistent
+        self.workers: list[InProcessWorker] = []
+        self.processes: list[WorkerProcess] = []
+        self.beat: Any = None
+        self.server: server.EmbeddedServer | None = None
+        self.log_dir: str | None = None
+        self._log_handler: logging.Handler | None = None
+        self._saved_logger: tuple[int, bool] | None = None
+        self.running = False
+        self.abandoned: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalCluster:
+        """Start the server if needed, then the workers and beat; returns self."""
+        global _current
+        with _lock:
+            if self.running:
+                return self
+            if _current is not None and _current is not self and _current.running:
+                raise ClusterError(
+                    "A LocalCluster already runs in this process: use celerynb.start() to get it, "
+                    "or stop it first."
+                )
+            _current = self
+            self._ensure_broker()
+            self.log_dir = tempfile.mkdtemp(prefix="celerynb-logs-")
+            self._route_logs()
+            self.running = True
+            try:
+                for _ in range(self.n_workers):
+                    self.add_worker()
+                for _ in range(self.n_processes):
+                    self.add_process()
+                if self.beat_enabled:
+                    self.start_beat()
+            except BaseException:
+                self.stop()
+                raise
+            _register_exit_hooks()
+            return self
+
+    def _ensure_broker(self) -> None:
+        app = self.app
+        app.conf.broker_url  # noqa: B018 - the first read resolves the URLs
+        if urls.source_of(app) is None:
+            urls.resolve_into(app)
+        if urls.source_of(app) == "embedded":
+            running = server.shared_server(start=False)
+            if running is None or running.url != app.conf.broker_url:
+                running = server.shared_server(persistent=self.persistent)
+                urls.apply(app, running.url, running.url, "embedded")
+            self.server = running
+
+    @property
+    def broker_url(self) -> str:
+        return self.app.conf.broker_url or ""
+
+    @property
+    def source(self) -> str:
+        return urls.source_of(self.app) or "unresolved"
+
+    @property
+    def log_file(self) -> str | None:
+        return os.path.join(self.log_dir, "workers.log") if self.log_dir else None
+
+    def _route_logs(self) -> None:
+        """Send Celery's logs to a file: a background worker must never print into a cell."""
+        handler = logging.FileHandler(self.log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        celery_logger = logging.getLogger("celery")
+        self._saved_logger = (celery_logger.level, celery_logger.propagate)
+        celery_logger.addHandler(handler)
+        celery_logger.setLevel(logging.INFO)
+        celery_logger.propagate = False
+        self._log_handler = handler
+
+    def _unroute_logs(self) -> None:
+        celery_logger = logging.getLogger("celery")
+        if self._log_handler is not None:
+            celery_logger.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        if self._saved_logger is not None:
+            celery_logger.setLevel(self._saved_logger[0])
+            celery_logger.propagate = self._saved_logger[1]
+            self._saved_logger = None
+
+    def add_worker(
+        self, *, pool: str | None = None, concurrency: int | None = None, queues: list[str] | None = None
+    ) -> InProcessWorker:
+        """Start one more worker thread in this process (ready when this returns)."""
+        if not self.running:
+            raise ClusterError("The cluster is stopped: start it first.")
+        from celery.worker import state
+
+        state.should_terminate = None
+        worker = InProcessWorker(
+            self.app,
+            pool=pool or self.pool,
+            concurrency=concurrency or self.concurrency,
+            queues=queues or self.queues,
+            hostname=f"kernel{os.getpid()}-{len(self.workers) + 1}@{_host()}",
+            logfile=self.log_file,
+        )
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def add_process(self, concurrency: int = 1, pool: str = "prefork") -> WorkerProcess:
+        """Start one ``celery worker`` process on this cluster's broker (ready when this returns)."""
+        if not self.running:
+            raise ClusterError("The cluster is stopped: start it first.")
+        proc = WorkerProcess(
+            app_path=_app_path(self.app),
+            broker_url=self.broker_url,
+            result_backend=self.app.conf.result_backend or "",
+            name=f"proc{os.getpid()}-{len(self.processes) + 1}@{_host()}",
+            concurrency=concurrency,
+            pool=pool,
+            queues=self.queues or [q.name for q in self.app.amqp.queues.values()],
+            logfile=os.path.join(self.log_dir, f"process-{len(self.processes) + 1}.log"),
+        )
+        self.processes.append(proc)
+        proc.start(self.app)
+        return proc
+
+    def start_beat(self) -> None:
+        from celery.beat import EmbeddedService
+
+        self.beat = EmbeddedService(
+            self.app, thread=True, schedule_filename=os.path.join(self.log_dir, "beat-schedule")
+        )
+        self.beat.start()
+
+    def add_queue(self, name: str) -> None:
+        """Make every in-process worker consume ``name`` too (cell tasks with ``--queue``)."""
+        for worker in self.workers:
+            if name not in (worker.queues or []):
+                worker.add_queue(name)
+                if worker.queues is not None:
+                    worker.queues.append(name)
+
+    def forget_task(self, name: str) -> None:
+        for worker in self.workers:
+            worker.forget_task(name)
+
+    def stop(self, timeout: float = 5.0) -> LocalCluster:
+        """Stop everything this cluster started; tasks still running after ``timeout`` are reported."""
+        global _current
+        with _lock:
+            if self.beat is not None:
+                self.beat.stop()
+                self.beat = None
+            self.abandoned = stop_workers(self.workers, timeout)
+            if self.abandoned:
+                logger.warning(
+                    "celerynb: %d task(s) were still running when the cluster stopped: %s",
+                    len(self.abandoned),
+                    ", ".join(self.abandoned),
+                )
+            self.workers = []
+            for proc in self.processes:
+                proc.stop(timeout)
+            self.processes = []
+            if self.server is not None:
+                server.stop_shared_server()
+                self.server = None
+                urls.forget(self.app)
+            self._unroute_logs()
+            if self.log_dir:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
+                self.log_dir = None
+            self.running = False
+            if _current is self:
+                _current = None
+            return self
+
+    def restart(self) -> LocalCluster:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- reporting -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Workers, queues with their lengths, and the broker with its password masked."""
+        from .inspect import queue_lengths
+
+        queues = sorted({q.name for q in self.app.amqp.queues.values()} | set(self.queues or []))
+        return {
+            "running": self.running,
+            "broker": config.mask_url(self.broker_url),
+            "source": self.source,
+            "server_pid": self.server.pid if self.server else None,
+            "workers": [
+                {"name": w.hostname, "kind": "thread", "pool": w.pool, "concurrency": w.concurrency, "alive": w.alive}
+                for w in self.workers
+            ]
+            + [
+                {"name": p.name, "kind": "process", "pool": p.pool, "concurrency": p.concurrency,
+                 "alive": p.alive, "pid": p.pid}
+                for p in self.processes
+            ],
+            "queues": queue_lengths(self.app, queues) if self.running else {},
+            "beat": self.beat is not None,
+            "log_file": self.log_file,
+        }
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<LocalCluster {state} broker={config.mask_url(self.broker_url) if self.running else '-'} "
+            f"workers={len(self.workers)} processes={len(self.processes)}>"
+        )
+
+    def _repr_html_(self) -> str:
+        from .display.cards import cluster_card
+
+        return cluster_card(self.status() if self.running else {"running": False})
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _app_path(app: Celery) -> str:
+    if app is default_app():
+        return "celerynb.workers.celery_app"
+    main = getattr(app, "_celerynb_import_path", None)
+    if main:
+        return main
+    raise ClusterError("Worker processes need an importable app: use celerynb.use('module:app') first.")
+
+
+# -- module-level get-or-create ------------------------------------------------------------
+def current() -> LocalCluster | None:
+    """The running cluster of this process, if any."""
+    return _current if _current is not None and _current.running else None
+
+
+def start(**options: Any) -> LocalCluster:
+    """Get the running cluster or start one with ``options`` (see :class:`LocalCluster`)."""
+    with _lock:
+        running = current()
+        if running is not None:
+            return running
+        return LocalCluster(**options).start()
+
+
+def stop() -> None:
+    """Stop the running cluster, if any."""
+    with _lock:
+        running = current()
+        if running is not None:
+            running.stop()
+
+
+def _on_submit(app: Celery) -> None:
+    """Submit hook: with no broker configured, the first task starts the embedded cluster."""
+    if _current is not None and _current.running and _current.app is app:
+        return
+    if app.conf.task_always_eager or app.current_worker_task is not None or config.in_celery_command():
+        return
+    if urls.source_of(app) is None:
+        urls.resolve_into(app)
+    if urls.source_of(app) == "embedded" and _auto_start_enabled():
+        with _lock:
+            if current() is None:
+                LocalCluster(app).start()
+
+
+def _auto_start_enabled() -> bool:
+    return os.environ.get("CELERYNB_AUTOSTART", "1") not in ("0", "false", "no")
+
+
+_exit_hooks_registered = False
+
+
+def _stop_at_exit() -> None:
+    try:
+        stop()
+    except Exception:  # noqa: BLE001 - interpreter teardown: nothing left to report to
+        pass
+    server.stop_shared_server()
+
+
+def _register_exit_hooks() -> None:
+    """Stop before the interpreter joins ``concurrent.futures`` threads, or the kernel hangs."""
+    global _exit_hooks_registered
+    if _exit_hooks_registered:
+        return
+    _exit_hooks_registered = True
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_stop_at_exit)
+        except RuntimeError:
+            pass
+    atexit.register(_stop_at_exit)
+
+
+base.submit_hooks.append(_on_submit)

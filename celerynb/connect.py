@@ -1,0 +1,47 @@
+"""Point the app at external infrastructure: a Redis or RabbitMQ URL, or ``auto``."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from . import cluster, config, connectivity
+from .workers import urls
+
+
+def connect(url: str = "auto", *, backend: str | None = None, workers: bool = True,
+            app: Celery | None = None, **cluster_options) -> cluster.LocalCluster | None:
+    """Use the broker at ``url`` (``auto``: the cluster of a running ``celerynb up``).
+
+    The broker is checked first (an error within seconds, naming the URL with its password
+    masked). A running local cluster is stopped. With ``workers`` (the default), workers in
+    this process consume from the new broker too; the cluster is returned.
+
+    Args:
+        url: ``redis://...``, ``amqp://...`` or ``auto``.
+        backend: result backend URL; defaults to ``url`` for Redis, none for RabbitMQ.
+        workers: start in-process workers on the new broker.
+        app: the app to point (default: celerynb's app).
+        cluster_options: passed on to :class:`~celerynb.LocalCluster`.
+    """
+    app = app or cluster.default_app()
+    source = "explicit"
+    if url == "auto":
+        record = config.read_discovery()
+        if record is None:
+            raise connectivity.BrokerUnreachable(
+                f"No running `celerynb up` found (looked for {config.discovery_path()}). "
+                "Start one with `celerynb up --detach`, or pass a URL."
+            )
+        url = backend = record["url"]
+        source = "discovery"
+    if backend is None:
+        backend = url if url.startswith(("redis://", "rediss://")) else ""
+    connectivity.check(url)
+    if backend and backend != url:
+        connectivity.check(backend)
+    cluster.stop()
+    app.conf.broker_url  # noqa: B018 - load configuration before overriding it
+    urls.apply(app, url, backend, source)
+    if workers:
+        return cluster.LocalCluster(app, **cluster_options).start()
+    return None

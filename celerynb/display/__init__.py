@@ -1,0 +1,1 @@
+"""Rich displays: cluster cards, progress bars, task tables."""

@@ -1,0 +1,20 @@
+"""Read-only questions to the broker: how long are the queues."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+
+def queue_lengths(app: Celery, names: list[str]) -> dict[str, int]:
+    """Messages waiting in each queue (0 for a queue the broker does not know yet)."""
+    lengths: dict[str, int] = {}
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        for name in names:
+            try:
+                lengths[name] = channel.queue_declare(name, passive=True).message_count
+            except Exception:  # noqa: BLE001 - an unknown queue holds nothing
+                lengths[name] = 0
+                if not conn.transport.implements.asynchronous:
+                    channel = conn.channel()
+    return lengths

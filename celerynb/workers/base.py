@@ -1,0 +1,56 @@
+"""The task class of celerynb's app: submit hooks and clear serialization errors.
+
+``submit_hooks`` lets the kernel side (``celerynb.cluster``) start the embedded cluster on
+the first submission without this package importing it: workers stay free of IPython.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from kombu.exceptions import EncodeError
+
+#: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
+submit_hooks: list[Callable[[Celery], None]] = []
+
+
+class ArgumentNotSerializable(TypeError):
+    """A task argument that the message serializer (JSON) cannot carry."""
+
+
+class NotebookTask(Task):
+    """``celery.Task`` plus on-demand startup and errors that name the bad argument."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        for hook in submit_hooks:
+            hook(self.app)
+        try:
+            return super().apply_async(args, kwargs, *rest, **options)
+        except EncodeError as exc:
+            raise describe_encode_error(self, args, kwargs, exc) from None
+
+
+def describe_encode_error(task: Task, args: Any, kwargs: Any, exc: Exception) -> Exception:
+    """Find which argument the serializer refused and say so in one sentence."""
+    from kombu.utils.json import dumps
+
+    try:
+        params = list(inspect.signature(task.run).parameters)
+    except (TypeError, ValueError):
+        params = []
+    if getattr(task, "__self__", None) is not None or (params and params[0] == "self" and task.bind):
+        params = params[1:]
+    candidates = [(params[i] if i < len(params) else f"#{i}", value) for i, value in enumerate(args or ())]
+    candidates += list((kwargs or {}).items())
+    for name, value in candidates:
+        try:
+            dumps(value)
+        except Exception as err:  # noqa: BLE001 - the serializer's own words go in the message
+            return ArgumentNotSerializable(
+                f"{task.name}: argument {name!r} ({type(value).__name__}) cannot be sent as "
+                f"{task.serializer.upper()}: {err}. Pass plain data (str, int, float, bool, list, dict) instead."
+            )
+    return ArgumentNotSerializable(f"{task.name}: the message cannot be serialized: {exc}")

@@ -1,0 +1,15 @@
+"""The pre-configured Celery app: ``celery -A celerynb.workers.celery_app worker``.
+
+Its broker and result backend are resolved on first use (see :mod:`celerynb.config`): the
+environment, then a running ``celerynb up``, else an embedded server started on demand.
+"""
+
+from celery import Celery
+
+from . import urls
+
+app = Celery("celerynb", include=["celerynb.workers.tasks"], task_cls="celerynb.workers.base:NotebookTask")
+app.config_from_object("celerynb.workers.settings")
+app.on_configure.connect(urls.on_configure, sender=app, weak=False)
+
+__all__ = ["app"]

@@ -1,0 +1,66 @@
+"""celerynb's Celery settings: JSON only, started-state tracking, fast failure, two queues.
+
+Usable for any app: ``app.config_from_object("celerynb.workers.settings")``.
+"""
+
+from celery.schedules import crontab
+from kombu import Exchange, Queue
+
+# Serialization: JSON only. Pickle is never accepted.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# States and results.
+task_track_started = True
+result_extended = True
+result_expires = 24 * 3600
+task_store_eager_result = True
+
+# Limits: long enough for real work, short enough that nothing blocks a worker forever.
+task_time_limit = 60 * 60
+task_soft_time_limit = 55 * 60
+
+# Queues: the guide routes urgent work to ``high-priority``.
+task_default_queue = "default"
+task_queues = (
+    Queue("default", Exchange("default"), routing_key="default"),
+    Queue("high-priority", Exchange("high-priority"), routing_key="high-priority"),
+)
+task_create_missing_queues = True
+
+# Fail fast on the client side: a dead broker is an error in seconds, not a minute of retries.
+broker_connection_timeout = 3.0
+broker_connection_retry_on_startup = True
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+redis_socket_connect_timeout = 3.0
+redis_retry_on_timeout = False
+result_backend_transport_options = {
+    "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+}
+# The Redis transport pushes (BRPOP) for workers; a short polling interval only matters for
+# transports that poll.
+broker_transport_options = {"visibility_timeout": 3600, "polling_interval": 0.01}
+
+# Workers: task events stay off (each costs a publish); Flower turns them on with
+# ``celery control enable_events``.
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+
+timezone = "UTC"
+enable_utc = True
+
+# The guide's periodic tasks.
+beat_schedule = {
+    "cleanup-every-hour": {
+        "task": "tasks.cleanup",
+        "schedule": 3600.0,
+        "args": (),
+    },
+    "daily-report": {
+        "task": "tasks.generate_report",
+        "schedule": crontab(hour=7, minute=30),
+        "args": ("daily",),
+    },
+}

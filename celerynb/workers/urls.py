@@ -1,0 +1,72 @@
+"""Point an app at its broker the first time its configuration is read.
+
+Connected to ``app.on_configure`` so that importing the app, loading the extension or
+defining tasks starts nothing: the embedded server starts when the app is first used.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from .. import config, connectivity, server
+
+NO_BROKER = (
+    "celerynb: no broker is configured for this worker. Start one with `celerynb up --detach` "
+    "(workers then find it automatically), or set CELERY_BROKER_URL=redis://HOST:6379/0."
+)
+
+
+def source_of(app: Celery) -> str | None:
+    """Where the app's URLs came from: env, discovery, embedded, explicit, or None (not yet)."""
+    return getattr(app, "_celerynb_source", None)
+
+
+def on_configure(sender: Celery, **_: object) -> None:
+    """``app.on_configure`` receiver."""
+    resolve_into(sender)
+
+
+def resolve_into(app: Celery) -> None:
+    """Fill in broker and backend unless they were set explicitly."""
+    if source_of(app) is not None:
+        return
+    found = config.resolve()
+    if found is None:
+        if config.in_celery_command():
+            raise ImproperlyConfigured(NO_BROKER)
+        url = server.shared_server().url
+        found = config.Resolved(url, url, "embedded")
+    elif not config.in_celery_command():
+        connectivity.check(found.broker_url)
+        if found.result_backend and found.result_backend != found.broker_url:
+            connectivity.check(found.result_backend)
+    apply(app, found.broker_url, found.result_backend, found.source)
+
+
+def apply(app: Celery, broker_url: str, result_backend: str | None, source: str) -> None:
+    """Point ``app`` at new URLs and drop every connection and backend made for the old ones."""
+    app.conf.broker_url = broker_url
+    app.conf.result_backend = result_backend or None
+    app._celerynb_source = source
+    pool = app._pool
+    app._pool = None
+    if pool is not None:
+        try:
+            pool.force_close_all()
+        except Exception:  # noqa: BLE001 - the old server may be gone already
+            pass
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    # The result backend is cached per thread: a fresh thread-local drops it everywhere.
+    app._backend_cache = None
+    app._local = threading.local()
+
+
+def forget(app: Celery) -> None:
+    """Let the next configuration read resolve the URLs again (after a cluster stopped)."""
+    if getattr(app, "_celerynb_source", None) is not None:
+        app._celerynb_source = None

@@ -1,0 +1,156 @@
+"""Shared fixtures: a private runtime dir, real servers, and a check that nothing is left running.
+
+Every test session gets its own ``CELERYNB_RUNTIME_DIR`` so that no test ever sees (or
+stops) a user's ``celerynb up`` cluster; processes that carry that directory in their
+environment are ours, and the session fails if any survives it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="celerynb-tests-"))
+os.environ["CELERYNB_RUNTIME_DIR"] = str(_SESSION_DIR / "runtime")
+os.environ["CELERYNB_DOCUMENTS_DIR"] = str(_SESSION_DIR / "documents")
+os.environ["CELERYNB_NONINTERACTIVE"] = "1"
+for _var in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
+    os.environ.pop(_var, None)
+
+REDIS_URL = "redis://127.0.0.1:6379/{db}"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def our_processes() -> list[psutil.Process]:
+    """Live processes started by this session: children, and detached ones with our runtime dir."""
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    marker = os.environ["CELERYNB_RUNTIME_DIR"]
+    for proc in psutil.process_iter(["pid", "environ"]):
+        try:
+            env = proc.info.get("environ") or {}
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if env.get("CELERYNB_RUNTIME_DIR") == marker and proc.pid != me.pid:
+            found[proc.pid] = proc
+    alive = []
+    for proc in found.values():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture
+def app():
+    """celerynb's app; the local cluster is stopped after the test."""
+    import celerynb
+    from celerynb.workers.celery_app import app as celery_app
+
+    yield celery_app
+    celerynb.stop()
+    celery_app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def cluster(app):
+    """A running local cluster on the embedded server (threads pool)."""
+    import celerynb
+
+    yield celerynb.start()
+
+
+@pytest.fixture
+def redis7_url():
+    """The machine's Redis 7 (a test-private database), skipped where unreachable."""
+    if not reachable("127.0.0.1", 6379):
+        pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
+    import redis
+
+    url = REDIS_URL.format(db=11)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def rabbitmq_url():
+    if not reachable("127.0.0.1", 5672):
+        pytest.skip("RabbitMQ on 127.0.0.1:5672 is not reachable")
+    return RABBITMQ_URL
+
+
+@pytest.fixture
+def discovery_cluster(session_dir):
+    """``celerynb up --detach --workers 1`` in the test runtime dir; ``celerynb down`` after."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "celerynb", "up", "--detach", "--workers", "1"], check=True,
+                   capture_output=True, text=True, timeout=90)
+    from celerynb import config
+
+    record = config.read_discovery()
+    assert record is not None
+    yield record
+    subprocess.run([sys.executable, "-m", "celerynb", "down"], check=True, capture_output=True, timeout=60)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import celerynb
+
+    celerynb.stop()
+    from celerynb import server
+
+    server.stop_shared_server()
+    deadline = time.monotonic() + 10
+    left = our_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = our_processes()
+    if left:
+        desc = ", ".join(f"{p.pid}:{' '.join(p.cmdline()[:4])}" for p in left)
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        print(f"\nFAILED: the test session left processes running: {desc}", file=sys.stderr)
+        session.exitstatus = 1
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)

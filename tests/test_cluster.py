@@ -1,0 +1,95 @@
+"""The local cluster on the embedded server: start on demand, status, stop, restart."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+import celerynb
+from celerynb import config, server
+
+
+def test_first_task_starts_embedded_server_and_worker(app):
+    from celerynb.workers.tasks import process_document
+
+    assert celerynb.current() is None
+    result = process_document.delay("doc1", {"format": "markdown"})
+    output = result.get(timeout=10)
+    assert output["content"].startswith("# Getting Started with Distributed Queues")
+    cluster = celerynb.current()
+    assert cluster is not None and cluster.source == "embedded"
+    assert [w["kind"] for w in cluster.status()["workers"]] == ["thread"]
+
+
+def test_status_masks_password_and_lists_queues(cluster):
+    status = cluster.status()
+    password = cluster.server.password
+    assert status["broker"].startswith("redis://:***@127.0.0.1:")
+    assert password not in repr(cluster) and password not in cluster._repr_html_()
+    assert password not in str(status)
+    assert set(status["queues"]) >= {"default", "high-priority"}
+
+
+def test_server_binds_loopback_and_requires_password(cluster):
+    import redis
+
+    srv = cluster.server
+    assert srv.host == "127.0.0.1"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=srv.port).ping()
+    # Not reachable on another local address of this machine.
+    other = socket.gethostbyname(socket.gethostname())
+    if other != "127.0.0.1" and not other.startswith("127."):
+        with pytest.raises(OSError):
+            socket.create_connection((other, srv.port), timeout=0.5).close()
+
+
+def test_start_is_get_or_create(cluster):
+    assert celerynb.start() is cluster
+    assert len(cluster.workers) == 1
+
+
+def test_stop_then_start_again_in_one_process(app):
+    from celerynb.workers.tasks import analyze_content
+
+    first = celerynb.start()
+    pid = first.server.pid
+    assert analyze_content.delay("One two three. Four.").get(timeout=10)["words"] == 4
+    celerynb.stop()
+    assert first.running is False
+    assert not config._pid_alive(pid) or psutil_status_zombie(pid)
+    second = celerynb.start()
+    assert second is not first and second.server.pid != pid
+    assert analyze_content.delay("Five six.").get(timeout=10)["words"] == 2
+
+
+def psutil_status_zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_context_manager_stops_everything(app):
+    with celerynb.LocalCluster(app, workers=2, pool="solo") as cluster:
+        pid = cluster.server.pid
+        log_dir = cluster.log_dir
+        assert len(cluster.status()["workers"]) == 2
+    assert not os.path.exists(log_dir)
+    assert psutil_status_zombie(pid)
+    assert celerynb.current() is None
+
+
+def test_second_cluster_is_refused_while_one_runs(cluster):
+    with pytest.raises(celerynb.cluster.ClusterError, match="already runs"):
+        celerynb.LocalCluster(cluster.app).start()
+
+
+def test_missing_binary_names_the_fix(monkeypatch):
+    monkeypatch.setenv("CELERYNB_SERVER_BINARY", "/nonexistent/valkey-server")
+    with pytest.raises(server.ServerError, match="missing.*CELERY_BROKER_URL"):
+        server.EmbeddedServer().start()
