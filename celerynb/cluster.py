@@ -181,6 +181,9 @@ class LocalCluster:
         )
         worker.start()
         self.workers.append(worker)
+        if worker.queues is None:
+            for name in _task_queues(self.app):
+                worker.add_queue(name)
         return worker
 
     def add_process(self, concurrency: int = 1, pool: str = "prefork") -> WorkerProcess:
@@ -300,6 +303,13 @@ class LocalCluster:
         return cluster_card(self.status() if self.running else {"running": False})
 
 
+def _task_queues(app: Celery) -> set[str]:
+    """Queues named by registered tasks (``queue=``) that the app does not declare."""
+    declared = set(app.amqp.queues)
+    named = {getattr(task, "queue", None) for task in app.tasks.values()}
+    return {q for q in named if isinstance(q, str) and q and q not in declared}
+
+
 def _host() -> str:
     import socket
 
@@ -342,10 +352,12 @@ def _on_submit(app: Celery) -> None:
     """Submit hook: with no broker configured, the first task starts the embedded cluster."""
     if _current is not None and _current.running and _current.app is app:
         return
-    if app.conf.task_always_eager or app.current_worker_task is not None or config.in_celery_command():
+    if app.current_worker_task is not None or config.in_celery_command():
         return
-    if urls.source_of(app) is None:
+    if urls.source_of(app) is None:  # never resolved, or the cluster behind it was stopped
         urls.resolve_into(app)
+    if app.conf.task_always_eager:
+        return
     if urls.source_of(app) == "embedded" and _auto_start_enabled():
         with _lock:
             if current() is None:

@@ -18,3 +18,14 @@ def queue_lengths(app: Celery, names: list[str]) -> dict[str, int]:
                 if not conn.transport.implements.asynchronous:
                     channel = conn.channel()
     return lengths
+
+
+def purge(app: Celery, queue: str | None = None) -> int:
+    """Remove waiting messages from ``queue`` (every declared queue when None); returns how many."""
+    if queue is None:
+        return app.control.purge()
+    with app.connection_for_write() as conn:
+        try:
+            return conn.default_channel.queue_purge(queue) or 0
+        except Exception:  # noqa: BLE001 - a queue the broker never saw holds nothing
+            return 0

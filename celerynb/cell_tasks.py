@@ -1,0 +1,123 @@
+"""Turn the code of a notebook cell into a Celery task, replacing any earlier version.
+
+Celery keeps the OLD body when a task name is registered again and rejects tasks registered
+after a worker started; both are handled here so that re-running a cell just works.
+"""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils.deprecated import CDeprecationWarning
+
+
+class CellTaskError(ValueError):
+    """The cell cannot become a task; the message says why in one sentence."""
+
+
+@dataclass
+class TaskOptions:
+    """Options of ``%%celery_task``, mirroring ``@app.task``."""
+
+    name: str | None = None
+    bind: bool = False
+    queue: str | None = None
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    rate_limit: str | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    acks_late: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_task_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"bind": self.bind}
+        for key in ("queue", "max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit"):
+            value = getattr(self, key)
+            if value is not None:
+                kwargs[key] = value
+        if self.ignore_result:
+            kwargs["ignore_result"] = True
+        if self.acks_late:
+            kwargs["acks_late"] = True
+        kwargs.update(self.extra)
+        return kwargs
+
+    def validate(self) -> None:
+        for key in ("max_retries", "default_retry_delay", "time_limit", "soft_time_limit"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise CellTaskError(f"--{key.replace('_', '-')} must be >= 0, not {value}.")
+        if self.time_limit and self.soft_time_limit and self.soft_time_limit > self.time_limit:
+            raise CellTaskError("--soft-time-limit must not exceed --time-limit.")
+        if self.queue is not None and not self.queue.strip():
+            raise CellTaskError("--queue needs a queue name.")
+        if self.rate_limit is not None:
+            from celery.utils.time import rate
+
+            try:
+                rate(self.rate_limit)
+            except (ValueError, TypeError):
+                raise CellTaskError(
+                    f"--rate-limit {self.rate_limit!r} is not a rate: use e.g. 10/s, 100/m or 1000/h."
+                ) from None
+        if self.name is not None and (not self.name.strip() or " " in self.name):
+            raise CellTaskError(f"--name {self.name!r} is not a task name: use e.g. tasks.my_task.")
+
+
+def find_task_function(source: str) -> str:
+    """Name of the one undecorated top-level function in ``source``; decorated helpers may stay."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise CellTaskError(f"The cell has a syntax error on line {exc.lineno}: {exc.msg}.") from None
+    candidates = [
+        node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.decorator_list
+    ]
+    async_defs = [node.name for node in tree.body if isinstance(node, ast.AsyncFunctionDef)]
+    if not candidates and async_defs:
+        raise CellTaskError(
+            f"{async_defs[0]} is a coroutine function: Celery tasks are plain functions (def, not async def)."
+        )
+    if not candidates:
+        raise CellTaskError("The cell defines no function: write one top-level `def` to become the task.")
+    if len(candidates) > 1:
+        raise CellTaskError(
+            f"The cell defines {len(candidates)} functions ({', '.join(candidates)}): keep one task per cell, "
+            "or decorate helpers."
+        )
+    return candidates[0]
+
+
+def register(
+    app: Celery, func: Any, options: TaskOptions, source: str
+) -> Task:
+    """Register ``func`` as a task on ``app``, replacing an earlier task of the same name."""
+    name = options.name or f"notebook.{func.__name__}"
+    func.__module__ = "notebook"
+    func.__qualname__ = func.__name__
+    tasks = app.tasks  # finalizes the app
+    tasks.pop(name, None)
+    with warnings.catch_warnings():
+        # Celery 5 warns that the per-task ``queue`` attribute (the guide's style) goes away in 6.
+        warnings.simplefilter("ignore", CDeprecationWarning)
+        task = app.task(name=name, shared=False, **options.as_task_kwargs())(func)
+    task._celerynb_source = source
+    _notify_workers(app, name, options.queue)
+    return task
+
+
+def _notify_workers(app: Celery, name: str, queue: str | None) -> None:
+    from . import cluster
+
+    running = cluster.current()
+    if running is None or running.app is not app:
+        return
+    running.forget_task(name)
+    if queue:
+        running.add_queue(queue)

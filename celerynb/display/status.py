@@ -1,0 +1,90 @@
+"""What ``%celery status`` and ``%celery tasks`` show: HTML in a notebook, plain text elsewhere."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from celery import Celery
+
+from .. import config
+from ..workers import urls
+from .cards import _MUTED, _STYLE, cluster_card
+
+
+def notebook_tasks(app: Celery) -> list[Any]:
+    if not app.configured:  # nothing registered yet; reading tasks would start the server
+        return []
+    return sorted((t for t in app.tasks.values() if hasattr(t, "_celerynb_source")), key=lambda t: t.name)
+
+
+def _mode(app: Celery, cluster: Any) -> str:
+    if app.conf.task_always_eager:
+        return "eager (tasks run in the cell)"
+    source = urls.source_of(app)
+    if cluster is not None and cluster.workers:
+        return f"in-kernel workers ({source})"
+    return {"embedded": "embedded", "discovery": "celerynb up cluster", "env": "external (environment)",
+            "explicit": "external"}.get(source or "", "not started")
+
+
+class ClusterStatus:
+    """A snapshot of the cluster taken when the object is made."""
+
+    def __init__(self, app: Celery, cluster: Any) -> None:
+        self.app = app
+        self.mode = _mode(app, cluster)
+        self.status = cluster.status() if cluster is not None else None
+        if self.status is None and urls.source_of(app):
+            self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
+        self.tasks = [t.name for t in notebook_tasks(app)]
+
+    def __repr__(self) -> str:
+        s = self.status or {}
+        if not s.get("running"):
+            lines = ["celerynb: no local cluster in this kernel (it starts on first use, or with %celery start)"]
+            if s.get("broker"):
+                lines.append(f"broker:  {s['broker']}")
+            lines.append(f"mode:    {self.mode}")
+        else:
+            lines = [
+                "celerynb cluster",
+                f"broker:  {s['broker']}",
+                f"mode:    {self.mode}",
+                "workers: " + (", ".join(
+                    f"{w['name'].split('@')[0]} ({w['kind']}, {w['pool']} x{w['concurrency']})" for w in s["workers"]
+                ) or "none"),
+                "queues:  " + ", ".join(f"{q}={n}" for q, n in s["queues"].items()),
+                f"log:     {s['log_file']}",
+            ]
+        lines.append("notebook tasks: " + (", ".join(self.tasks) or "none"))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        s = self.status or {"running": False}
+        card = cluster_card(s)
+        extra = (
+            f'<div style="{_STYLE}"><b>Mode</b> {escape(self.mode)}<br>'
+            f"<b>Notebook tasks</b> <span style='{_MUTED}'>{escape(', '.join(self.tasks) or 'none')}</span></div>"
+        )
+        return f"<div>{card}<br>{extra}</div>"
+
+
+class TaskList:
+    """Registered tasks of an app: notebook tasks first, then package tasks; Celery's own hidden."""
+
+    def __init__(self, app: Celery) -> None:
+        app.loader.import_default_modules()  # the app's ``include`` modules define its tasks
+        tasks = [t for name, t in sorted(app.tasks.items()) if not name.startswith("celery.")]
+        self.rows = [
+            (t.name, "notebook" if hasattr(t, "_celerynb_source") else "package", getattr(t, "queue", None) or "default")
+            for t in sorted(tasks, key=lambda t: (not hasattr(t, "_celerynb_source"), t.name))
+        ]
+
+    def __repr__(self) -> str:
+        width = max((len(r[0]) for r in self.rows), default=4)
+        return "\n".join(f"{name:<{width}}  {kind:<8}  {queue}" for name, kind, queue in self.rows)
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<tr><td>{escape(n)}</td><td>{k}</td><td>{escape(q)}</td></tr>" for n, k, q in self.rows)
+        return f"<table class='celerynb-tasks'><tr><th>task</th><th>kind</th><th>queue</th></tr>{body}</table>"

@@ -1,0 +1,42 @@
+"""``%load_ext celerynb``: register magics and display hooks; start nothing.
+
+Loading twice is harmless; ``%unload_ext`` removes what loading added (a running cluster keeps
+running: tasks in flight are not the extension's to kill).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MAGIC_NAMES = {"line": ("celery",), "cell": ("celery_task",)}
+
+
+def load(ip: Any) -> None:
+    from .magics import CeleryMagics
+
+    if getattr(ip, "_celerynb_magics", None) is None:
+        magics = CeleryMagics(ip)
+        ip.register_magics(magics)
+        ip._celerynb_magics = magics
+    _call_optional("celerynb.display.progress", "register_display_formatters", ip)
+    _call_optional("celerynb._asyncio_support", "enable_nested_asyncio")
+
+
+def unload(ip: Any) -> None:
+    registry = ip.magics_manager.magics
+    for kind, names in _MAGIC_NAMES.items():
+        for name in names:
+            registry[kind].pop(name, None)
+    ip._celerynb_magics = None
+    _call_optional("celerynb.display.progress", "unregister_display_formatters", ip)
+
+
+def _call_optional(module: str, function: str, *args: Any) -> None:
+    """Call a hook of an optional part (display, asyncio) if it is installed."""
+    import importlib
+
+    try:
+        hook = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        return
+    hook(*args)

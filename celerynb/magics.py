@@ -1,0 +1,249 @@
+"""IPython magics: ``%%celery_task`` and ``%celery``. Parsing only; the work is delegated."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import cell_tasks, cluster, config
+from .display.status import ClusterStatus, TaskList
+
+
+def _current_app():
+    return cluster.default_app()
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports mistakes as one-line UsageErrors instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}. See %celery? for help.")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise _HelpShown()
+
+
+class _HelpShown(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _celery_parser() -> _ArgumentParser:
+    parser = _ArgumentParser(prog="%celery", add_help=False)
+    sub = parser.add_subparsers(dest="command", parser_class=_ArgumentParser)
+    sub.add_parser("status", help="show the cluster: broker, mode, workers, queues, notebook tasks")
+    start = sub.add_parser("start", help="start the local cluster (embedded server + in-kernel workers)")
+    start.add_argument("--workers", type=_positive_int, default=1, help="in-kernel workers (default 1)")
+    start.add_argument("--concurrency", type=_positive_int, default=4, help="threads per worker (default 4)")
+    start.add_argument("--pool", choices=("threads", "solo"), default="threads")
+    start.add_argument("--queues", default=None, help="comma-separated queues (default: all the app declares)")
+    start.add_argument("--processes", type=_positive_int, default=0, help="extra `celery worker` processes")
+    start.add_argument("--beat", action="store_true", help="run the app's beat_schedule in the kernel")
+    sub.add_parser("stop", help="stop the local cluster")
+    sub.add_parser("restart", help="stop, then start with the same options")
+    connect = sub.add_parser("connect", help="use an external broker URL, or `auto` for a running `celerynb up`")
+    connect.add_argument("url", help="redis://..., amqp://... or auto")
+    connect.add_argument("--backend", default=None, help="result backend URL (default: the broker for Redis)")
+    connect.add_argument("--no-workers", action="store_true", help="do not start in-kernel workers on it")
+    eager = sub.add_parser("eager", help="run tasks synchronously in the cell (on) or on workers (off)")
+    eager.add_argument("mode", choices=("on", "off"))
+    purge = sub.add_parser("purge", help="remove waiting messages from a queue (default: every queue)")
+    purge.add_argument("queue", nargs="?", default=None)
+    tasks = sub.add_parser("tasks", help="list registered tasks (notebook and package)")
+    tasks.add_argument("--live", action="store_true", help="a live table of the tasks submitted from here")
+    return parser
+
+
+@magics_class
+class CeleryMagics(Magics):
+    """The magics of ``%load_ext celerynb``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self._start_options: dict[str, Any] = {}
+        self._saved_eager: dict[str, Any] | None = None
+
+    # -- %%celery_task -------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--name", default=None, help="task name (default: notebook.<function name>)")
+    @argument("--bind", action="store_true", help="pass the task instance as first argument (self)")
+    @argument("--queue", default=None, help="queue to route the task to")
+    @argument("--max-retries", type=int, default=None, help="maximum retries for self.retry()")
+    @argument("--default-retry-delay", type=float, default=None, help="seconds before a retry")
+    @argument("--rate-limit", default=None, help="e.g. 10/s, 100/m, 1000/h")
+    @argument("--time-limit", type=float, default=None, help="hard time limit (seconds)")
+    @argument("--soft-time-limit", type=float, default=None, help="soft time limit (seconds)")
+    @argument("--ignore-result", action="store_true", help="do not store the result")
+    @argument("--acks-late", action="store_true", help="acknowledge after the task ran")
+    @cell_magic
+    def celery_task(self, line: str, cell: str) -> None:
+        """Turn the function defined in this cell into a Celery task.
+
+        The cell must define exactly one undecorated top-level function; it becomes a task
+        named ``notebook.<function>`` (or ``--name``) and is bound under the function's name.
+        Running the cell again replaces the task, also in running in-kernel workers.
+        """
+        args = parse_argstring(self.celery_task, line)
+        options = cell_tasks.TaskOptions(
+            name=args.name, bind=args.bind, queue=args.queue, max_retries=args.max_retries,
+            default_retry_delay=args.default_retry_delay, rate_limit=args.rate_limit,
+            time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
+            ignore_result=args.ignore_result, acks_late=args.acks_late,
+        )
+        try:
+            options.validate()
+            fname = cell_tasks.find_task_function(cell)
+        except cell_tasks.CellTaskError as exc:
+            raise UsageError(f"%%celery_task: {exc}") from None
+        ns = self.shell.user_ns
+        missing = object()
+        previous = ns.get(fname, missing)
+        result = self.shell.run_cell(cell, store_history=False, silent=True)
+        func = ns.get(fname)
+        if not result.success or not callable(func) or func is previous:
+            self._restore(ns, fname, previous, missing)
+            if result.error_before_exec or result.error_in_exec:
+                raise UsageError(
+                    f"%%celery_task: the cell raised {type(result.error_in_exec or result.error_before_exec).__name__}"
+                    f"; nothing was registered."
+                )
+            raise UsageError(f"%%celery_task: {fname} was not defined; nothing was registered.")
+        try:
+            task = cell_tasks.register(_current_app(), func, options, cell)
+        except Exception as exc:  # noqa: BLE001 - one line for the user, the old task stays
+            self._restore(ns, fname, previous, missing)
+            raise UsageError(f"%%celery_task: could not register {fname}: {config.mask_text(str(exc))}") from None
+        ns[fname] = task
+
+    @staticmethod
+    def _restore(ns: dict, name: str, previous: Any, missing: object) -> None:
+        if previous is missing:
+            ns.pop(name, None)
+        else:
+            ns[name] = previous
+
+    # -- %celery -------------------------------------------------------------------------
+    @line_magic
+    def celery(self, line: str) -> Any:
+        """Manage the local Celery cluster.
+
+        Usage::
+
+          %celery status                     broker (password masked), mode, workers, queues, tasks
+          %celery start [--workers N] [--concurrency N] [--pool threads|solo]
+                        [--queues a,b] [--processes N] [--beat]
+          %celery stop | restart
+          %celery connect URL|auto [--backend URL] [--no-workers]
+          %celery eager on|off               run tasks synchronously in the cell
+          %celery purge [QUEUE]              drop waiting messages, reports how many
+          %celery tasks [--live]             registered tasks / live table of submitted tasks
+
+        ``%celery SUBCOMMAND --help`` prints the options of one subcommand.
+        """
+        parser = _celery_parser()
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%celery: {exc}.") from None
+        if not words:
+            raise UsageError("%celery: missing subcommand: status, start, stop, restart, connect, eager, purge or tasks.")
+        try:
+            args = parser.parse_args(words)
+        except _HelpShown:
+            sub = parser._subparsers._group_actions[0].choices.get(words[0]) if parser._subparsers else None
+            print((sub or parser).format_help())
+            return None
+        return getattr(self, f"_cmd_{args.command}")(args)
+
+    def _cmd_status(self, args: argparse.Namespace) -> ClusterStatus:
+        return ClusterStatus(_current_app(), cluster.current())
+
+    def _cmd_start(self, args: argparse.Namespace) -> ClusterStatus:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+        options = dict(workers=args.workers, concurrency=args.concurrency, pool=args.pool,
+                       queues=queues, processes=args.processes, beat=args.beat)
+        running = cluster.current()
+        if running is not None:
+            raise UsageError("%celery start: a cluster is already running; use %celery restart to change options.")
+        try:
+            cluster.LocalCluster(_current_app(), **options).start()
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"%celery start: {config.mask_text(str(exc))}") from None
+        self._start_options = options
+        return ClusterStatus(_current_app(), cluster.current())
+
+    def _cmd_stop(self, args: argparse.Namespace) -> None:
+        running = cluster.current()
+        if running is None:
+            print("No celerynb cluster is running in this kernel.")
+            return
+        running.stop()
+        if running.abandoned:
+            print(f"Stopped; {len(running.abandoned)} task(s) were still running: {', '.join(running.abandoned)}")
+        else:
+            print("Stopped the celerynb cluster.")
+
+    def _cmd_restart(self, args: argparse.Namespace) -> ClusterStatus:
+        cluster.stop()
+        cluster.LocalCluster(_current_app(), **self._start_options).start()
+        return ClusterStatus(_current_app(), cluster.current())
+
+    def _cmd_connect(self, args: argparse.Namespace) -> ClusterStatus:
+        from .connect import connect
+        from .connectivity import BrokerUnreachable
+
+        try:
+            connect(args.url, backend=args.backend, workers=not args.no_workers, app=_current_app())
+        except BrokerUnreachable as exc:
+            raise UsageError(f"%celery connect: {exc}") from None
+        return ClusterStatus(_current_app(), cluster.current())
+
+    def _cmd_eager(self, args: argparse.Namespace) -> None:
+        conf = _current_app().conf
+        keys = ("task_always_eager", "task_eager_propagates", "task_store_eager_result")
+        if args.mode == "on":
+            if self._saved_eager is None:
+                self._saved_eager = {key: conf[key] for key in keys}
+            conf.task_always_eager = True
+            conf.task_eager_propagates = False
+            conf.task_store_eager_result = True
+            print("Eager mode on: tasks run synchronously in the cell; results are stored.")
+        else:
+            if self._saved_eager is not None:
+                for key, value in self._saved_eager.items():
+                    conf[key] = value
+                self._saved_eager = None
+            else:
+                conf.task_always_eager = False
+            print("Eager mode off: tasks run on workers.")
+
+    def _cmd_purge(self, args: argparse.Namespace) -> None:
+        from .inspect import purge
+
+        app = _current_app()
+        removed = purge(app, args.queue)
+        where = f"queue {args.queue!r}" if args.queue else "all queues"
+        print(f"Removed {removed} message(s) from {where}.")
+
+    def _cmd_tasks(self, args: argparse.Namespace) -> Any:
+        if args.live:
+            try:
+                from .display.table import TaskTable
+            except ImportError:
+                raise UsageError("%celery tasks --live: live tables are not available in this install.") from None
+            return TaskTable()
+        return TaskList(_current_app())

@@ -1,0 +1,200 @@
+"""%%celery_task and %celery in a real InteractiveShell, against the embedded cluster."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import celerynb
+from celerynb import cluster as cluster_mod
+
+
+@pytest.fixture
+def ip(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    shell = TerminalInteractiveShell.instance()
+    shell.run_line_magic("load_ext", "celerynb")
+    yield shell
+    shell.run_line_magic("unload_ext", "celerynb")
+    for name in [n for n in app.tasks if n.startswith(("notebook.", "tests.magic"))]:
+        app.tasks.pop(name, None)
+    TerminalInteractiveShell.clear_instance()
+
+
+def test_load_ext_starts_nothing_and_is_idempotent(ip):
+    with capture_output() as out:
+        ip.run_line_magic("load_ext", "celerynb")
+    assert celerynb.current() is None
+    assert "celery" in ip.magics_manager.magics["line"]
+    assert "celery_task" in ip.magics_manager.magics["cell"]
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_cell_task_runs_and_is_bound_by_name(ip):
+    ip.run_cell_magic("celery_task", "", "def add(x, y):\n    return x + y\n")
+    add = ip.user_ns["add"]
+    assert add.name == "notebook.add"
+    assert add.delay(2, 3).get(timeout=10) == 5
+
+
+def test_redefinition_runs_new_body_on_running_worker(ip):
+    ip.run_cell_magic("celery_task", "", "def greet(name):\n    return 'hello ' + name\n")
+    assert ip.user_ns["greet"].delay("a").get(timeout=10) == "hello a"
+    assert celerynb.current() is not None  # the worker now runs
+    ip.run_cell_magic("celery_task", "", "def greet(name):\n    return 'bye ' + name\n")
+    assert ip.user_ns["greet"].delay("a").get(timeout=10) == "bye a"
+
+
+def test_guide_custom_task_options(ip):
+    cell = (
+        "def custom_task(self, arg1, arg2=None):\n"
+        "    self.update_state(state='PROGRESS', meta={'progress': 50})\n"
+        "    return f'Processed {arg1} with {arg2}'\n"
+    )
+    ip.run_cell_magic("celery_task", "--bind --queue high-priority --max-retries 3 --name tests.magic_custom", cell)
+    task = ip.user_ns["custom_task"]
+    assert (task.name, task.queue, task.max_retries) == ("tests.magic_custom", "high-priority", 3)
+    assert task.delay(arg1="value", arg2="option").get(timeout=10) == "Processed value with option"
+
+
+def test_task_on_new_queue_is_consumed(ip):
+    ip.run_cell_magic("celery_task", "--queue notebook-extra", "def ping():\n    return 'pong'\n")
+    assert ip.user_ns["ping"].delay().get(timeout=10) == "pong"
+
+
+def test_helpers_in_cell_stay_available(ip):
+    cell = (
+        "import functools\n"
+        "@functools.lru_cache\n"
+        "def square(x):\n    return x * x\n\n"
+        "def sum_squares(n):\n    return sum(square(i) for i in range(n))\n"
+    )
+    ip.run_cell_magic("celery_task", "", cell)
+    assert ip.user_ns["sum_squares"].delay(4).get(timeout=10) == 14
+
+
+@pytest.mark.parametrize(
+    "line, cell, message",
+    [
+        ("", "x = 1\n", "defines no function"),
+        ("", "def a():\n    pass\n\ndef b():\n    pass\n", "defines 2 functions (a, b)"),
+        ("", "def broken(:\n    pass\n", "syntax error on line 1"),
+        ("--no-such-option", "def f():\n    pass\n", "unrecognized arguments"),
+        ("--max-retries lots", "def f():\n    pass\n", "invalid int value"),
+        ("--rate-limit fast", "def f():\n    pass\n", "is not a rate"),
+        ("", "async def f():\n    pass\n", "coroutine function"),
+    ],
+)
+def test_bad_cells_raise_one_line_usage_errors(ip, line, cell, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        ip.run_cell_magic("celery_task", line, cell)
+    assert "\n" not in str(err.value)
+
+
+def test_failed_redefinition_keeps_previous_task(ip):
+    ip.run_cell_magic("celery_task", "", "def stable():\n    return 1\n")
+    before = ip.user_ns["stable"]
+    with pytest.raises(UsageError):
+        ip.run_cell_magic("celery_task", "", "def stable(:\n    return 2\n")
+    with capture_output():
+        with pytest.raises(UsageError, match="raised ZeroDivisionError"):
+            ip.run_cell_magic("celery_task", "", "def stable():\n    return 3\n1/0\n")
+    assert ip.user_ns["stable"] is before
+    assert before.delay().get(timeout=10) == 1
+
+
+def test_status_shows_masked_broker_workers_and_tasks(ip):
+    ip.run_cell_magic("celery_task", "", "def shown():\n    return 1\n")
+    ip.run_line_magic("celery", "start --workers 2 --pool solo")
+    status = ip.run_line_magic("celery", "status")
+    text = repr(status)
+    running = cluster_mod.current()
+    assert "redis://:***@127.0.0.1:" in text and running.server.password not in text
+    assert text.count("(thread, solo x1)") == 2
+    assert "notebook.shown" in text
+    assert "default=0" in text and "high-priority=0" in text
+    assert running.server.password not in status._repr_html_()
+
+
+def test_start_stop_restart(ip):
+    ip.run_line_magic("celery", "start --workers 1 --concurrency 2")
+    first = cluster_mod.current()
+    with pytest.raises(UsageError, match="already running"):
+        ip.run_line_magic("celery", "start")
+    ip.run_line_magic("celery", "restart")
+    second = cluster_mod.current()
+    assert second is not first and second.concurrency == 2
+    with capture_output() as out:
+        ip.run_line_magic("celery", "stop")
+    assert "Stopped" in out.stdout and cluster_mod.current() is None
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("", "missing subcommand"),
+        ("launch", "invalid choice: 'launch'"),
+        ("start --workers -1", "must be >= 0"),
+        ("start --pool prefork", "invalid choice: 'prefork'"),
+        ("eager maybe", "invalid choice: 'maybe'"),
+        ("connect", "the following arguments are required: url"),
+    ],
+)
+def test_bad_celery_lines(ip, line, message):
+    with pytest.raises(UsageError, match=message) as err:
+        ip.run_line_magic("celery", line)
+    assert "\n" not in str(err.value)
+
+
+def test_subcommand_help(ip):
+    with capture_output() as out:
+        ip.run_line_magic("celery", "start --help")
+    assert "--concurrency" in out.stdout
+
+
+def test_eager_mode_runs_in_cell_and_stores_results(ip, app):
+    from celery.result import AsyncResult
+
+    ip.run_cell_magic("celery_task", "--bind", "def eager_job(self, x):\n    return x * 2\n")
+    before = {k: app.conf[k] for k in ("task_always_eager", "task_eager_propagates")}
+    with capture_output():
+        ip.run_line_magic("celery", "eager on")
+    result = ip.user_ns["eager_job"].delay(21)
+    assert result.get() == 42
+    assert AsyncResult(result.id, app=app).state == "SUCCESS"
+    assert celerynb.current() is None  # no worker needed
+    ip.run_cell_magic("celery_task", "", "def eager_fail():\n    raise ValueError('nope')\n")
+    failed = ip.user_ns["eager_fail"].delay()
+    assert AsyncResult(failed.id, app=app).state == "FAILURE"
+    with capture_output():
+        ip.run_line_magic("celery", "eager off")
+    assert {k: app.conf[k] for k in before} == before
+
+
+def test_purge_reports_removed_messages(ip, app):
+    ip.run_cell_magic("celery_task", "--queue purge-me", "def queued():\n    return 1\n")
+    ip.run_line_magic("celery", "start --queues default")
+    for _ in range(3):
+        ip.user_ns["queued"].delay()
+    with capture_output() as out:
+        ip.run_line_magic("celery", "purge purge-me")
+    assert "Removed 3 message(s) from queue 'purge-me'" in out.stdout
+
+
+def test_tasks_lists_notebook_and_package_tasks(ip):
+    ip.run_cell_magic("celery_task", "", "def listed():\n    return 1\n")
+    text = repr(ip.run_line_magic("celery", "tasks"))
+    assert re.search(r"notebook.listed +notebook", text)
+    assert "tasks.process_document" in text and "celery.ping" not in text
+
+
+def test_unload_removes_magics(ip):
+    ip.run_line_magic("unload_ext", "celerynb")
+    assert "celery" not in ip.magics_manager.magics["line"]
+    ip.run_line_magic("load_ext", "celerynb")
+    assert "celery_task" in ip.magics_manager.magics["cell"]
