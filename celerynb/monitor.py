@@ -1,0 +1,493 @@
+"""The task monitor: one background thread per app that knows the latest state of tracked tasks.
+
+Every display, ``results.wait``/``gather`` and ``TaskTable`` reads from it, so watching ten
+thousand tasks costs one thread and a handful of Redis commands, never a loop per task.
+
+With a Redis result backend the thread holds its own pub/sub connection: Celery PUBLISHes the
+full result document on ``celery-task-meta-<id>`` for every state change (never PENDING, no
+replay), so the monitor subscribes first, then reads the keys once with MGET, then only listens.
+A low-rate reconcile (one MGET of every unfinished id) covers anything missed, and a lost
+connection is reopened, resubscribed and reconciled. Other backends are polled in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, states
+
+logger = logging.getLogger("celerynb.monitor")
+
+#: Seconds between reconcile sweeps (Redis) and between polls (other backends).
+RECONCILE_INTERVAL = 2.0
+POLL_INTERVAL = 0.5
+#: Ids per SUBSCRIBE / MGET command.
+BATCH = 1000
+#: How long one pub/sub read may block; also the granularity of tickers.
+_LISTEN_TIMEOUT = 0.02
+
+Listener = Callable[["TaskSnapshot"], None]
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """Immutable view of one task's latest known state.
+
+    ``info`` is the decoded JSON document's ``result`` field: the PROGRESS meta dict, the return
+    value, or the exception description (``exc_type``, ``exc_message``) of a failure.
+    """
+
+    task_id: str
+    state: str = states.PENDING
+    info: Any = None
+    name: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    worker: str | None = None
+    retries: int | None = None
+    date_done: str | None = None
+    received_at: float = 0.0
+    traceback: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    @classmethod
+    def from_meta(cls, task_id: str, meta: dict[str, Any] | None) -> TaskSnapshot:
+        """Build a snapshot from a decoded result document (None means "no key": PENDING)."""
+        now = time.monotonic()
+        if not meta:
+            return cls(task_id=task_id, received_at=now)
+        return cls(
+            task_id=task_id,
+            state=meta.get("status") or states.PENDING,
+            info=meta.get("result"),
+            name=meta.get("name"),
+            args=meta.get("args"),
+            kwargs=meta.get("kwargs"),
+            worker=meta.get("worker"),
+            retries=meta.get("retries"),
+            date_done=_text(meta.get("date_done")),
+            received_at=now,
+            traceback=meta.get("traceback"),
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class TaskMonitor:
+    """Latest state of tracked tasks, kept fresh by one daemon thread.
+
+    Use :func:`get_monitor` rather than building one: there is one per app per process.
+    """
+
+    def __init__(self, app: Celery, reconcile_interval: float = RECONCILE_INTERVAL,
+                 poll_interval: float = POLL_INTERVAL) -> None:
+        self.app = app
+        self.reconcile_interval = reconcile_interval
+        self.poll_interval = poll_interval
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._snapshots: dict[str, TaskSnapshot] = {}
+        self._payloads: dict[str, bytes | None] = {}
+        self._unfinished: set[str] = set()
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._listeners: dict[int, Listener] = {}
+        self._by_task: dict[str, set[int]] = {}
+        self._global: set[int] = set()
+        self._tickers: dict[int, list[Any]] = {}
+        self._next_token = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._reconcile_now = False
+        self.mode: str | None = None  # "redis" or "poll", known once the thread connected
+        self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0}
+
+    def __repr__(self) -> str:
+        return f"<TaskMonitor app={self.app.main!r} tracked={len(self._snapshots)} unfinished={len(self._unfinished)}>"
+
+    # -- public API ------------------------------------------------------------------------
+    def track(self, task_ids: Iterable[str]) -> None:
+        """Start following ``task_ids`` (subscribe first, then read the keys once); cheap and idempotent."""
+        fresh = []
+        with self._lock:
+            for tid in task_ids:
+                tid = str(tid)
+                if tid in self._snapshots:
+                    continue
+                self._snapshots[tid] = TaskSnapshot(task_id=tid, received_at=time.monotonic())
+                self._unfinished.add(tid)
+                self._to_subscribe.add(tid)
+                fresh.append(tid)
+        if fresh:
+            self._ensure_thread()
+            self._wake.set()
+
+    def seed(self, snapshot: TaskSnapshot) -> None:
+        """Record a state known without the backend (an eager result); fires listeners."""
+        with self._lock:
+            self._snapshots.setdefault(snapshot.task_id, snapshot)
+        self._apply(snapshot, None, force=True)
+
+    def snapshot(self, task_id: str) -> TaskSnapshot:
+        """The latest known state; PENDING for a task never seen (call :meth:`track` first)."""
+        snap = self._snapshots.get(str(task_id))
+        return snap if snap is not None else TaskSnapshot(task_id=str(task_id), received_at=time.monotonic())
+
+    def snapshots(self, task_ids: Iterable[str]) -> list[TaskSnapshot]:
+        return [self.snapshot(tid) for tid in task_ids]
+
+    def add_listener(self, callback: Listener, task_ids: Iterable[str] | None = None) -> Callable[[], None]:
+        """Call ``callback(snapshot)`` from the monitor thread on every change of ``task_ids`` (all if None).
+
+        Returns a function that removes the listener. Callbacks must be quick and must not raise.
+        """
+        with self._lock:
+            token = self._next_token = self._next_token + 1
+            self._listeners[token] = callback
+            ids = None if task_ids is None else [str(t) for t in task_ids]
+            if ids is None:
+                self._global.add(token)
+            else:
+                for tid in ids:
+                    self._by_task.setdefault(tid, set()).add(token)
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners.pop(token, None)
+                self._global.discard(token)
+                for tid in ids or ():
+                    tokens = self._by_task.get(tid)
+                    if tokens is not None:
+                        tokens.discard(token)
+                        if not tokens:
+                            del self._by_task[tid]
+
+        return remove
+
+    def add_ticker(self, callback: Callable[[], None], interval: float = 0.1) -> Callable[[], None]:
+        """Call ``callback()`` from the monitor thread about every ``interval`` s (display refresh)."""
+        with self._lock:
+            token = self._next_token = self._next_token + 1
+            self._tickers[token] = [callback, interval, time.monotonic() + interval]
+        self._ensure_thread()
+
+        def remove() -> None:
+            with self._lock:
+                self._tickers.pop(token, None)
+
+        return remove
+
+    def wait(self, task_ids: Iterable[str], timeout: float | None = None) -> dict[str, TaskSnapshot]:
+        """Block until every task is ready; returns their snapshots.
+
+        Raises:
+            TimeoutError: some tasks were still unfinished after ``timeout`` seconds.
+        """
+        ids = [str(t) for t in task_ids]
+        self.track(ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                left = [tid for tid in ids if not self._snapshots[tid].ready]
+                if not left:
+                    return {tid: self._snapshots[tid] for tid in ids}
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(left)} of {len(ids)} task(s) still unfinished after {timeout} s.")
+                self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+
+    def reconcile(self) -> None:
+        """Ask the thread for a sweep now (after a reconnect it does one by itself)."""
+        self._reconcile_now = True
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread (tests, interpreter exit); tracked state is kept."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
+
+    # -- state changes ---------------------------------------------------------------------
+    def _apply(self, snap: TaskSnapshot, payload: bytes | None, force: bool = False) -> None:
+        tid = snap.task_id
+        with self._lock:
+            old = self._snapshots.get(tid)
+            if old is None:  # no longer tracked
+                return
+            if not force:
+                if payload is not None and self._payloads.get(tid) == payload:
+                    return
+                # A late message must never turn a finished task back into a running one.
+                if old.ready and not snap.ready:
+                    return
+                if payload is None and old.state == snap.state and old.info == snap.info:
+                    return
+            self._snapshots[tid] = snap
+            self._payloads[tid] = payload
+            if snap.ready and tid in self._unfinished:
+                self._unfinished.discard(tid)
+                self._to_unsubscribe.add(tid)
+                self._changed.notify_all()
+            callbacks = [self._listeners[t] for t in self._global | self._by_task.get(tid, set()) if t in self._listeners]
+        for callback in callbacks:
+            try:
+                callback(snap)
+            except Exception:  # noqa: BLE001 - one broken display must not stop the others
+                logger.exception("celerynb monitor listener failed")
+
+    def _run_tickers(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [entry for entry in self._tickers.values() if entry[2] <= now]
+            for entry in due:
+                entry[2] = now + entry[1]
+        for entry in due:
+            try:
+                entry[0]()
+            except Exception:  # noqa: BLE001
+                logger.exception("celerynb monitor ticker failed")
+
+    # -- the thread ------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"celerynb-monitor-{self.app.main}", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                source = _Source.open(self.app)
+            except Exception as exc:  # noqa: BLE001 - the server may be restarting
+                logger.debug("celerynb monitor cannot connect: %s", exc)
+                with self._lock:
+                    if not self._unfinished and not self._tickers:
+                        self._thread = None  # the next track() starts a fresh thread
+                        return
+                self._idle(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self.mode = source.mode
+            try:
+                self._serve(source)
+                backoff = 0.1
+            except Exception as exc:  # noqa: BLE001 - connection lost: reconnect, resubscribe, reconcile
+                logger.debug("celerynb monitor lost its connection: %s", exc)
+                self.stats["reconnects"] += 1
+                self._idle(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                source.close()
+                with self._lock:
+                    self._to_subscribe |= self._unfinished
+                    self._to_unsubscribe.clear()
+                    self._subscribed.clear()
+
+    def _idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._run_tickers()
+            self._stop.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _serve(self, source: _Source) -> None:
+        url = self.app.conf.result_backend
+        next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
+        self._reconcile_now = False
+        while not self._stop.is_set():
+            with self._lock:
+                subscribe, self._to_subscribe = list(self._to_subscribe), set()
+                unsubscribe = [t for t in self._to_unsubscribe if t in self._subscribed]
+                self._to_unsubscribe = set()
+            if subscribe:
+                if source.mode == "redis":
+                    source.subscribe(subscribe)
+                    self._subscribed.update(subscribe)
+                self._read(source, subscribe)
+            if unsubscribe:
+                source.unsubscribe(unsubscribe)
+                self._subscribed.difference_update(unsubscribe)
+            now = time.monotonic()
+            if now >= next_sweep or self._reconcile_now:
+                self._reconcile_now = False
+                if self.app.conf.result_backend != url:
+                    return  # the app moved to another server: reconnect there
+                self._read(source, list(self._unfinished))
+                self.stats["reconciles"] += 1
+                next_sweep = now + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
+            if source.mode == "redis":
+                self._listen(source)
+            else:
+                self._wake.wait(min(_LISTEN_TIMEOUT * 5, max(0.0, next_sweep - time.monotonic())))
+                self._wake.clear()
+            self._run_tickers()
+
+    def _listen(self, source: _Source) -> None:
+        """Apply pushed messages until the socket is quiet (or 2,000 were read)."""
+        timeout = _LISTEN_TIMEOUT
+        for _ in range(2000):
+            if self._wake.is_set():
+                self._wake.clear()
+                timeout = 0.0
+            message = source.get_message(timeout)
+            if message is None:
+                return
+            timeout = 0.0
+            tid, payload = message
+            self.stats["messages"] += 1
+            self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
+
+    def _read(self, source: _Source, task_ids: list[str]) -> None:
+        for start in range(0, len(task_ids), BATCH):
+            chunk = task_ids[start:start + BATCH]
+            self.stats["mget_keys"] += len(chunk)
+            for tid, payload in zip(chunk, source.read(chunk), strict=True):
+                if payload is None:
+                    continue
+                self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
+
+
+class _Source:
+    """Where states come from: a private Redis connection (push) or the app's backend (poll)."""
+
+    mode = "poll"
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.backend = app.backend  # a thread-local instance, owned by the monitor thread
+        self.redis: Any = None
+        self.pubsub: Any = None
+
+    @classmethod
+    def open(cls, app: Celery) -> _Source:
+        source = cls(app)
+        from celery.backends.redis import RedisBackend
+
+        if isinstance(source.backend, RedisBackend):
+            source._connect_redis()
+        return source
+
+    def _connect_redis(self) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        params = dict(self.backend.connparams)
+        params["max_connections"] = 2
+        params["socket_connect_timeout"] = params.get("socket_connect_timeout") or 2.0
+        params["retry"] = Retry(NoBackoff(), 0)
+        params.pop("retry_on_timeout", None)
+        params["client_name"] = "celerynb-monitor"
+        # The monitor's connections are its own: the app's pools are never shared across threads.
+        self.redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
+        self.redis.ping()
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.prefix = self.backend.get_key_for_task("x")[:-1]
+        self.mode = "redis"
+
+    def key(self, task_id: str) -> bytes:
+        return self.backend.get_key_for_task(task_id)
+
+    def subscribe(self, task_ids: list[str]) -> None:
+        for start in range(0, len(task_ids), BATCH):
+            self.pubsub.subscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
+
+    def unsubscribe(self, task_ids: list[str]) -> None:
+        for start in range(0, len(task_ids), BATCH):
+            self.pubsub.unsubscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
+
+    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+        if not self.pubsub.subscribed:
+            time.sleep(timeout)
+            return None
+        message = self.pubsub.get_message(timeout=timeout)
+        if message is None or message.get("type") != "message":
+            return None
+        channel = message["channel"]
+        if isinstance(channel, str):
+            channel = channel.encode()
+        return channel[len(self.prefix):].decode(), message["data"]
+
+    def read(self, task_ids: list[str]) -> list[Any]:
+        """Raw payloads (None where the key does not exist) in one command where possible."""
+        keys = [self.key(t) for t in task_ids]
+        if self.redis is not None:
+            return self.redis.mget(keys)
+        backend = self.backend
+        if hasattr(backend, "mget") and hasattr(backend, "get_key_for_task"):
+            values = backend.mget(keys)
+            if isinstance(values, dict):
+                values = [values.get(k, values.get(k.decode() if isinstance(k, bytes) else k)) for k in keys]
+            return list(values)
+        # Database-like backends: one query per id, still from this single thread.
+        found = []
+        for tid in task_ids:
+            meta = backend.get_task_meta(tid)
+            found.append(None if meta.get("status") == states.PENDING else meta)
+        return found
+
+    def decode(self, payload: Any) -> dict[str, Any] | None:
+        if payload is None or isinstance(payload, dict):
+            return payload
+        return self.backend.decode(payload)
+
+    def close(self) -> None:
+        for closer in (getattr(self.pubsub, "close", None), getattr(self.redis, "close", None)):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - the server may be gone
+                    pass
+        if self.redis is not None:
+            try:
+                self.redis.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+_monitors: dict[int, TaskMonitor] = {}
+_registry_lock = threading.Lock()
+
+
+def get_monitor(app: Celery | None = None) -> TaskMonitor:
+    """The monitor of ``app`` (celerynb's app by default): one per app per process."""
+    if app is None:
+        from .cluster import default_app
+
+        app = default_app()
+    with _registry_lock:
+        monitor = _monitors.get(id(app))
+        if monitor is None or monitor.app is not app or monitor._pid != os.getpid():
+            monitor = _monitors[id(app)] = TaskMonitor(app)
+        return monitor
+
+
+def forget_monitors() -> None:
+    """Stop and drop every monitor (tests)."""
+    with _registry_lock:
+        monitors = list(_monitors.values())
+        _monitors.clear()
+    for monitor in monitors:
+        monitor.stop()

@@ -1,0 +1,129 @@
+"""The shared task monitor against a real embedded server and an in-kernel worker."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import redis
+from conftest import wait_for
+
+from celerynb.monitor import TaskSnapshot, get_monitor
+
+
+@pytest.fixture
+def monitor(cluster):
+    mon = get_monitor(cluster.app)
+    yield mon
+
+
+def test_one_monitor_per_app(cluster):
+    assert get_monitor(cluster.app) is get_monitor(cluster.app)
+    assert get_monitor() is get_monitor(cluster.app)
+
+
+def test_progress_is_pushed_then_success(monitor):
+    from celerynb.workers.tasks import long_process
+
+    seen: list[TaskSnapshot] = []
+    result = long_process.delay(list(range(5)), delay=0.05)
+    remove = monitor.add_listener(seen.append, [result.id])
+    monitor.track([result.id])
+    snaps = monitor.wait([result.id], timeout=20)
+    remove()
+    final = snaps[result.id]
+    assert final.state == "SUCCESS" and final.ready
+    assert final.info == {"status": "completed", "processed": 5}
+    assert final.name == "tasks.long_process" and final.worker
+    progress = [s.info["progress"] for s in seen if s.state == "PROGRESS"]
+    assert progress, "no PROGRESS update reached the listener"
+    assert progress == sorted(progress) and progress[-1] <= 100
+    assert monitor.mode == "redis"
+
+
+def test_failure_snapshot_carries_exception(monitor):
+    from celerynb.workers.tasks import risky_task
+
+    result = risky_task.delay("fail")
+    snap = monitor.wait([result.id], timeout=20)[result.id]
+    assert snap.state == "FAILURE"
+    assert snap.info["exc_type"] == "PermanentError"
+    assert "cannot process" in str(snap.info["exc_message"])
+
+
+def test_unknown_task_stays_pending_and_wait_times_out(monitor):
+    tid = str(uuid.uuid4())
+    monitor.track([tid])
+    assert monitor.snapshot(tid).state == "PENDING"
+    with pytest.raises(TimeoutError, match="1 of 1"):
+        monitor.wait([tid], timeout=0.3)
+
+
+def test_state_written_before_tracking_is_read_once(cluster, monitor):
+    tid = str(uuid.uuid4())
+    cluster.app.backend.store_result(tid, {"n": 1}, "SUCCESS")
+    monitor.track([tid])
+    snap = wait_for(lambda: monitor.snapshot(tid).ready and monitor.snapshot(tid), message="initial read")
+    assert snap.info == {"n": 1}
+
+
+def test_many_tasks_one_thread_few_commands(cluster, monitor):
+    from celerynb.workers.tasks import analyze_content
+
+    results = [analyze_content.delay(f"text number {i}") for i in range(200)]
+    keys_before = monitor.stats["mget_keys"]
+    snaps = monitor.wait([r.id for r in results], timeout=60)
+    assert all(s.state == "SUCCESS" for s in snaps.values())
+    monitors = [t for t in threading.enumerate() if t.name.startswith("celerynb-monitor-celerynb")]
+    assert len(monitors) == 1, monitors
+    # The initial read is one batched MGET over the new ids, not one GET per task per poll.
+    assert monitor.stats["mget_keys"] - keys_before < 200 * 5
+    assert not {r.id for r in results} & monitor._unfinished
+
+
+def test_finished_state_is_never_overwritten(monitor):
+    tid = str(uuid.uuid4())
+    monitor.track([tid])
+    monitor._apply(TaskSnapshot(task_id=tid, state="SUCCESS", info=1), b"a")
+    monitor._apply(TaskSnapshot(task_id=tid, state="PROGRESS", info={"progress": 5}), b"b")
+    assert monitor.snapshot(tid).state == "SUCCESS"
+
+
+def test_survives_pubsub_connection_kill(cluster, monitor):
+    tid = str(uuid.uuid4())
+    monitor.track([tid])
+    wait_for(lambda: monitor.mode == "redis" and monitor._subscribed, message="subscribed")
+    admin = redis.Redis.from_url(cluster.broker_url)
+    admin.client_kill_filter(_type="pubsub")
+    admin.close()
+    cluster.app.backend.store_result(tid, "after", "SUCCESS")
+    snap = monitor.wait([tid], timeout=20)[tid]
+    assert snap.info == "after"
+
+
+def test_survives_server_restart(cluster, monitor):
+    tid = str(uuid.uuid4())
+    monitor.track([tid])
+    wait_for(lambda: tid in monitor._subscribed, message="subscribed")
+    reconnects = monitor.stats["reconnects"]
+    cluster.server.stop()
+    cluster.server.start()
+    wait_for(lambda: monitor.stats["reconnects"] > reconnects, timeout=15, message="monitor noticed the restart")
+    cluster.app.backend.store_result(tid, "restarted", "SUCCESS")
+    snap = monitor.wait([tid], timeout=20)[tid]
+    assert snap.state == "SUCCESS" and snap.info == "restarted"
+
+
+def test_cache_backend_is_polled(app):
+    """A non-Redis backend: batched polling from the same single thread."""
+    from celery import Celery
+
+    other = Celery("polled", broker="memory://", backend="cache+memory://")
+    mon = get_monitor(other)
+    tid = str(uuid.uuid4())
+    mon.track([tid])
+    other.backend.store_result(tid, 7, "SUCCESS")
+    snap = mon.wait([tid], timeout=10)[tid]
+    assert mon.mode == "poll" and snap.info == 7
+    mon.stop()
