@@ -329,6 +329,15 @@ class RedisPubSub:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the handler calls running now have finished; False if some still run after ``timeout``."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._handler_tasks if t is not current]
+        if not tasks:
+            return True
+        _, left = await asyncio.wait(tasks, timeout=timeout)
+        return not left
+
     async def close(self) -> None:
         """:meth:`unsubscribe_all`, and disconnect the client if this object created it."""
         await self.unsubscribe_all()
