@@ -154,19 +154,22 @@ class InProcessWorker:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0) -> list[str]:
+def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exit: bool = False) -> list[str]:
     """Stop all in-process workers together; return the ids of tasks that were still running.
 
-    Celery's stop flag is process-wide, so every in-process worker stops at once.
+    Celery's stop flag is process-wide, so every in-process worker stops at once. ``timeout``
+    bounds the whole stop, not each worker. At interpreter exit the threads are daemons: they
+    are only given the chance to finish, never waited on past the deadline.
     """
     running = [req.id for req in list(state.active_requests)]
     live = [w for w in workers if w.alive]
+    deadline = time.monotonic() + timeout
     if live:
         state.should_terminate = 0
         for worker in live:
-            worker.thread.join(timeout)
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
-        if worker.alive and worker.controller is not None:
+        if worker.alive and worker.controller is not None and not at_exit:
             # A task outlived the timeout: stop this consumer explicitly so it does not go on
             # consuming once the global flag is reset below.
             try:
@@ -175,7 +178,8 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0) -> list[s
                 logger.debug("explicit stop of %s failed", worker.hostname, exc_info=True)
         if worker.controller is not None:
             worker._shutdown_pool_executor()
-    state.should_terminate = None
-    state.should_stop = None
     still = [req.id for req in list(state.active_requests)]
+    if not at_exit:
+        state.should_terminate = None
+        state.should_stop = None
     return [tid for tid in running if tid in still]

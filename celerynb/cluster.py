@@ -224,14 +224,14 @@ class LocalCluster:
         for worker in self.workers:
             worker.forget_task(name)
 
-    def stop(self, timeout: float = 5.0) -> LocalCluster:
+    def stop(self, timeout: float = 5.0, *, _at_exit: bool = False) -> LocalCluster:
         """Stop everything this cluster started; tasks still running after ``timeout`` are reported."""
         global _current
         with _lock:
             if self.beat is not None:
                 self.beat.stop()
                 self.beat = None
-            self.abandoned = stop_workers(self.workers, timeout)
+            self.abandoned = stop_workers(self.workers, timeout, at_exit=_at_exit)
             if self.abandoned:
                 logger.warning(
                     "celerynb: %d task(s) were still running when the cluster stopped: %s",
@@ -372,8 +372,11 @@ _exit_hooks_registered = False
 
 
 def _stop_at_exit() -> None:
+    """Interpreter exit: stop quickly (a kernel that lingers gets killed) and never orphan the server."""
     try:
-        stop()
+        running = current()
+        if running is not None:
+            running.stop(timeout=0.5, _at_exit=True)
     except Exception:  # noqa: BLE001 - interpreter teardown: nothing left to report to
         pass
     server.stop_shared_server()

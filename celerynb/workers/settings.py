@@ -39,9 +39,10 @@ redis_retry_on_timeout = False
 result_backend_transport_options = {
     "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 }
-# The Redis transport pushes (BRPOP) for workers; a short polling interval only matters for
-# transports that poll.
-broker_transport_options = {"visibility_timeout": 3600, "polling_interval": 0.01}
+# The Redis transport pushes (BRPOP): a message is taken the moment it arrives. The polling
+# interval is BRPOP's own timeout, i.e. how soon an idle worker notices it should stop
+# (kombu's default, 1 s, makes a kernel shutdown slow; 0.1 s costs ~10 cheap commands/s).
+broker_transport_options = {"visibility_timeout": 3600, "polling_interval": 0.1}
 
 # Workers: task events stay off (each costs a publish); Flower turns them on with
 # ``celery control enable_events``.

@@ -1,0 +1,74 @@
+"""A real IPython kernel for tests: execute code, collect what the user would see."""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+
+from jupyter_client.manager import KernelManager
+
+
+@dataclass
+class Reply:
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    results: list[dict] = field(default_factory=list)  # execute_result / display_data bundles
+    error: dict | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(r.get("text/plain", "") for r in self.results)
+
+
+class Kernel:
+    """Start with ``Kernel()``, run code with ``.run(code)``, stop with ``.shutdown()``."""
+
+    def __init__(self, timeout: float = 60) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid
+
+    def run(self, code: str, timeout: float = 60) -> Reply:
+        msg_id = self.kc.execute(code)
+        reply = Reply(status="?")
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"kernel did not finish within {timeout} s: {code[:80]!r}")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                if content["name"] == "stdout":
+                    reply.stdout += content["text"]
+                else:
+                    reply.stderr += content["text"]
+            elif kind in ("execute_result", "display_data"):
+                reply.results.append(content["data"])
+            elif kind == "error":
+                reply.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        shell = self.kc.get_shell_msg(timeout=timeout)
+        reply.status = shell["content"]["status"]
+        return reply
+
+    def shutdown(self) -> float:
+        """Polite shutdown; returns seconds taken. Killing is jupyter_client's fallback."""
+        start = time.monotonic()
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+        return time.monotonic() - start

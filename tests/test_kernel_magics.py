@@ -1,0 +1,80 @@
+"""The magics in a real Jupyter kernel, as a user runs them cell by cell."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from _kernel import Kernel
+
+
+@pytest.fixture
+def kernel():
+    k = Kernel()
+    yield k
+    if k.km.is_alive():
+        k.shutdown()
+
+
+def test_define_run_redefine_in_kernel(kernel):
+    load = kernel.run("%load_ext celerynb")
+    assert load.status == "ok" and load.stdout == "" and load.stderr == ""
+    kernel.run("%%celery_task\ndef double(x):\n    return 2 * x\n")
+    first = kernel.run("double.delay(21).get(timeout=10)")
+    assert first.text == "42", first
+    kernel.run("%%celery_task\ndef double(x):\n    return 3 * x\n")
+    second = kernel.run("double.delay(21).get(timeout=10)")
+    assert second.text == "63"
+    # Worker logs go to the log file, never into a cell.
+    assert "celery" not in (first.stdout + first.stderr + second.stdout + second.stderr).lower()
+    status = kernel.run("%celery status")
+    assert "notebook tasks: notebook.double" in status.text
+    assert ":***@127.0.0.1:" in status.text
+
+
+def test_bad_input_shows_one_line_errors(kernel):
+    kernel.run("%load_ext celerynb")
+    # IPython shows a UsageError as one line on stderr, without a traceback.
+    bad = kernel.run("%%celery_task --frobnicate\ndef f():\n    pass\n")
+    assert bad.stderr.startswith("UsageError:") and "unrecognized arguments: --frobnicate" in bad.stderr
+    syntax = kernel.run("%%celery_task\ndef f(:\n    pass\n")
+    assert syntax.stderr.strip().count("\n") == 0 and "syntax error on line 1" in syntax.stderr
+    line = kernel.run("%celery nonsense")
+    assert line.stderr.startswith("UsageError:") and "invalid choice" in line.stderr
+    assert "Traceback" not in bad.stderr + syntax.stderr + line.stderr
+    assert kernel.run("'f' in dir()").text == "False"
+
+
+def test_eager_on_off_in_kernel(kernel):
+    kernel.run("%load_ext celerynb")
+    kernel.run("%%celery_task --bind\ndef job(self, x):\n    self.update_state(state='PROGRESS', meta={'progress': 50})\n    return x + 1\n")
+    on = kernel.run("%celery eager on")
+    assert "Eager mode on" in on.stdout
+    ran = kernel.run("r = job.delay(1)\nfrom celery.result import AsyncResult\n(r.get(), AsyncResult(r.id).state)")
+    assert ran.text == "(2, 'SUCCESS')"
+    off = kernel.run("%celery eager off\nimport celerynb; celerynb.current() is None")
+    assert off.text == "True"
+    on_worker = kernel.run("job.delay(5).get(timeout=10)")
+    assert on_worker.text == "6"
+
+
+def test_unload_and_reload(kernel):
+    kernel.run("%load_ext celerynb")
+    kernel.run("%unload_ext celerynb")
+    gone = kernel.run("%celery status")
+    assert "Line magic function `%celery` not found" in gone.stderr + str(gone.error)
+    kernel.run("%reload_ext celerynb")
+    back = kernel.run("%celery status")
+    assert back.status == "ok" and "no local cluster" in back.text
+
+
+def test_shutdown_with_running_cluster_is_prompt_and_clean(kernel):
+    kernel.run("%load_ext celerynb")
+    kernel.run("%celery start --workers 2")
+    pids = kernel.run("import celerynb; celerynb.current().server.pid")
+    server_pid = int(pids.text)
+    popen = kernel.km.provisioner.process
+    kernel.shutdown()
+    # jupyter_client kills (SIGKILL, status -9) a kernel still alive after its shutdown wait:
+    # status 0 means the kernel finished its own teardown in time.
+    assert popen.wait(timeout=10) == 0
+    assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
