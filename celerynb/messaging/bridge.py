@@ -24,15 +24,16 @@ import json
 import logging
 from typing import Any
 
-from celery import states
 from celery.result import AsyncResult
 
 from .. import config
+from ..results import wait as results_wait
 from .redis import AsyncRedisClient, RedisPubSub
 
 logger = logging.getLogger("celerynb.messaging.bridge")
 
 _MAX_ECHO = 500  # characters of a rejected request echoed back
+CLIENT_NAME = "celerynb-bridge"  # shown by CLIENT LIST for the connections the bridge opens
 _HANDLER_GRACE = 5.0  # seconds a request being submitted may take to finish when the bridge stops
 
 
@@ -75,7 +76,6 @@ class _Bridge:
         self.results = results
         self.result_timeout = result_timeout
         self.followers: dict[asyncio.Task, dict[str, Any]] = {}
-        self._fallback: _ResultWaiter | None = None
         self.counts = {"received": 0, "rejected": 0, "accepted": 0, "completed": 0, "failed": 0, "abandoned": 0}
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
@@ -124,16 +124,13 @@ class _Bridge:
         else:
             self.counts["completed"] += 1
             answer = {**base, "status": "completed", "result": value}
+        finally:
+            _release(result)
         await self.publish(self.results, answer)
 
     async def _wait(self, result: AsyncResult) -> Any:
-        try:
-            from ..results import wait
-        except ImportError:  # the shared monitor is not there: a private wait on the result channel
-            if self._fallback is None:
-                self._fallback = _ResultWaiter(result.app)
-            return await self._fallback.wait(result, self.result_timeout)
-        return await wait(result, timeout=self.result_timeout)
+        # The shared monitor pushes the end of the task (no polling loop per request).
+        return await results_wait(result, timeout=self.result_timeout)
 
     async def drain(self, timeout: float) -> None:
         """Let follow-ups still waiting finish, up to ``timeout`` seconds."""
@@ -150,8 +147,6 @@ class _Bridge:
             self.counts["abandoned"] += 1
             await self.publish(self.results, {**base, "status": "abandoned", "reason": "the bridge stopped before "
                                               "the task ended; its result stays in the result backend"})
-        if self._fallback is not None:
-            await self._fallback.close()
 
 
 async def redis_celery_bridge(
@@ -190,7 +185,7 @@ async def redis_celery_bridge(
     if not callable(getattr(task, "apply_async", None)):
         raise TypeError(f"task must be a Celery task (something with apply_async), not {task!r}.")
     own_client = redis is None
-    client = redis or AsyncRedisClient()
+    client = redis or AsyncRedisClient(client_name=CLIENT_NAME)
     await client.connect()
     pubsub = RedisPubSub(client=client)
     bridge = _Bridge(pubsub, task, acks, results, result_timeout)
@@ -215,49 +210,15 @@ async def redis_celery_bridge(
     return dict(bridge.counts)
 
 
-class _ResultWaiter:
-    """Await Celery results through the Redis result backend's per-task channel (no polling).
+def _release(result: AsyncResult) -> None:
+    """Drop the result channel subscription Celery's Redis backend made when the task was sent.
 
-    Only used while ``celerynb.results`` is not available. Subscribe first, then read the key
-    once: Celery publishes every state change but replays nothing.
+    Otherwise it lasts until the AsyncResult is garbage collected, one per request for the
+    bridge's lifetime, and the unsubscribe may then run after the server is gone.
     """
-
-    def __init__(self, app: Any) -> None:
-        self.backend = app.backend
-        url = app.conf.result_backend
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise RuntimeError(f"Awaiting results needs a Redis result backend, not {config.mask_url(str(url))!r}.")
-        self.client = AsyncRedisClient(url)
-        self.pubsub = RedisPubSub(client=self.client)
-
-    async def wait(self, result: AsyncResult, timeout: float | None) -> Any:
-        key = self.backend.get_key_for_task(result.id).decode()
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        def offer(payload: Any) -> None:
-            if payload and not done.done():
-                meta = self.backend.decode_result(payload)
-                if meta.get("status") in states.READY_STATES:
-                    done.set_result(meta)
-
-        async def on_message(channel: str, message: str) -> None:
-            offer(message)
-
-        await self.client.connect()
-        await self.pubsub.subscribe(key, on_message, pattern=False)
+    remove = getattr(result.backend, "remove_pending_result", None)
+    if remove is not None:
         try:
-            offer(await self.client.get(key))
-            meta = await asyncio.wait_for(done, timeout)
-        finally:
-            await self.pubsub.unsubscribe(key)
-        if meta["status"] == states.SUCCESS:
-            return meta["result"]
-        if meta["status"] == states.REVOKED:
-            from celery.exceptions import TaskRevokedError
-
-            raise TaskRevokedError(f"task {result.id} was revoked")
-        raise self.backend.exception_to_python(meta["result"])
-
-    async def close(self) -> None:
-        await self.pubsub.unsubscribe_all()
-        await self.client.disconnect()
+            remove(result)
+        except Exception:  # noqa: BLE001 - server already gone: nothing left to release
+            pass
