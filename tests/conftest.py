@@ -85,6 +85,9 @@ def app():
     yield celery_app
     celerynb.stop()
     celery_app.conf.task_always_eager = False
+    from celerynb.workers import urls
+
+    urls.forget(celery_app)  # the next test resolves its broker afresh
 
 
 @pytest.fixture

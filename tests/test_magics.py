@@ -198,3 +198,34 @@ def test_unload_removes_magics(ip):
     assert "celery" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "celerynb")
     assert "celery_task" in ip.magics_manager.magics["cell"]
+
+
+@pytest.mark.external
+def test_connect_to_machine_redis_runs_cell_tasks_there(ip, app, redis7_url):
+    import redis
+
+    ip.run_cell_magic("celery_task", "", "def remote_add(x, y):\n    return x + y\n")
+    status = ip.run_line_magic("celery", f"connect {redis7_url}")
+    assert "127.0.0.1:6379/11" in repr(status) and "in-kernel workers (explicit)" in repr(status)
+    result = ip.user_ns["remote_add"].delay(40, 2)
+    assert result.get(timeout=10) == 42
+    assert redis.Redis.from_url(redis7_url).exists(f"celery-task-meta-{result.id}") == 1
+
+
+def test_connect_to_dead_broker_fails_fast_with_masked_url(ip):
+    from celerynb.server import free_port
+
+    port = free_port()
+    with pytest.raises(UsageError, match=rf"Cannot reach redis://:\*\*\*@127.0.0.1:{port}/0") as err:
+        ip.run_line_magic("celery", f"connect redis://:s3cret@127.0.0.1:{port}/0")
+    assert "s3cret" not in str(err.value)
+
+
+def test_connect_auto_uses_celerynb_up_cluster(ip, discovery_cluster):
+    ip.run_cell_magic("celery_task", "", "def where():\n    import os\n    return os.getpid()\n")
+    status = ip.run_line_magic("celery", "connect auto --no-workers")
+    assert "celerynb up cluster" in repr(status)
+    from celerynb.workers.tasks import analyze_content
+
+    # No in-kernel worker: the `celerynb up` worker process serves package tasks.
+    assert analyze_content.delay("one two").get(timeout=20)["words"] == 2

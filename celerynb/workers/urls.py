@@ -48,22 +48,34 @@ def resolve_into(app: Celery) -> None:
 
 def apply(app: Celery, broker_url: str, result_backend: str | None, source: str) -> None:
     """Point ``app`` at new URLs and drop every connection and backend made for the old ones."""
+    if app.configured and app.conf.broker_url:
+        _drop_pools(app.connection_for_write())
     app.conf.broker_url = broker_url
     app.conf.result_backend = result_backend or None
     app._celerynb_source = source
-    pool = app._pool
     app._pool = None
-    if pool is not None:
-        try:
-            pool.force_close_all()
-        except Exception:  # noqa: BLE001 - the old server may be gone already
-            pass
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
     # The result backend is cached per thread: a fresh thread-local drops it everywhere.
     app._backend_cache = None
     app._local = threading.local()
+
+
+def _drop_pools(connection: object) -> None:
+    """Close and forget kombu's process-wide pools for a URL, so that a server coming back
+    at the same URL gets fresh connections instead of a closed pool."""
+    from kombu import pools
+    from kombu.utils.collections import eqhash
+
+    key = eqhash(connection)
+    for group in (pools.producers, pools.connections):
+        pool = group.pop(key, None)
+        if pool is not None:
+            try:
+                pool.force_close_all()
+            except Exception:  # noqa: BLE001 - the old server may be gone already
+                pass
 
 
 def forget(app: Celery) -> None:
