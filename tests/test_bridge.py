@@ -274,3 +274,39 @@ def test_own_client_is_closed_after_stop(cluster, app):
         assert bridge_connections() == 0
     finally:
         probe.close()
+
+
+def test_bridge_over_a_separate_redis7(cluster, app):
+    """Requests and answers on the machine's Redis 7 (db 14) while Celery runs on the embedded server."""
+    from conftest import reachable
+
+    if not reachable("127.0.0.1", 6379):
+        pytest.skip("Redis 7 on 127.0.0.1:6379 is not reachable")
+    url = "redis://127.0.0.1:6379/14"
+    names = channels()
+    requests = [json.dumps({"request_id": f"r{i}", "document_id": f"doc{i % 3 + 1}"}) for i in range(10)]
+    requests += ["{broken", json.dumps({"request_id": "x"})]
+
+    async def main():
+        stop = asyncio.Event()
+        async with Listener(url, names["acks"], names["results"]) as listener:
+            messaging = AsyncRedisClient(url)
+            bridge = asyncio.create_task(redis_celery_bridge(messaging, stop_event=stop, **names))
+            await wait_subscribed(listener.client, names["requests"])
+            for raw in requests:
+                await listener.client.publish(names["requests"], raw)
+            await until(lambda: len(listener.results) >= 12, message="12 answers")
+            stop.set()
+            counts = await asyncio.wait_for(bridge, 30)
+            assert messaging.connected  # a client passed in stays open: its owner closes it
+            await messaging.disconnect()
+            return listener.acks, listener.results, counts
+
+    try:
+        acks, results, counts = run(main())
+    finally:
+        redis_sync.Redis.from_url(url).flushdb()
+    statuses = Counter(r["status"] for r in results)
+    assert statuses == {"completed": 10, "rejected": 2}
+    assert sorted(a["request_id"] for a in acks) == sorted(f"r{i}" for i in range(10))
+    assert counts["received"] == 12

@@ -382,3 +382,17 @@ def test_sync_handler_and_resubscribe_replaces_the_handler(valkey):
         assert first == ["1"]
 
     run(main())
+
+
+def test_pubsub_with_its_own_default_client(cluster, app):
+    async def main():
+        got: asyncio.Queue = asyncio.Queue()
+        channel = unique("own")
+        async with RedisPubSub() as pubsub:
+            assert pubsub.client.url == app.conf.broker_url
+            await pubsub.subscribe(channel, lambda c, m: got.put_nowait(m))
+            await pubsub.publish(channel, "hi")
+            assert await asyncio.wait_for(got.get(), 10) == "hi"
+        assert not pubsub.client.connected  # created by the pubsub, closed with it
+
+    run(main())
