@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psutil
 import pytest
+
 from _kernel import Kernel
 
 
