@@ -88,32 +88,40 @@ def test_nested_asyncio_is_never_applied_in_a_celery_command(monkeypatch):
     assert not _asyncio_support.nested_asyncio_enabled()
 
 
-KERNEL_CELLS = [
-    # Importing the library must not patch asyncio.
-    "import asyncio\nimport celerynb, celerynb.async_tasks, celerynb.messaging.redis, celerynb.messaging.bridge\n"
-    "try:\n    asyncio.run(asyncio.sleep(0))\nexcept RuntimeError as exc:\n    print('refused:', exc)",
-    "from celerynb._asyncio_support import enable_nested_asyncio\nprint(enable_nested_asyncio(), enable_nested_asyncio())",
-    "GUIDE",
-    "print(asyncio.run(asyncio.sleep(0, 'again')))",
-]
+ENABLE = {
+    "direct": "from celerynb._asyncio_support import enable_nested_asyncio\n"
+              "print(enable_nested_asyncio(), enable_nested_asyncio())",
+    "load_ext": "%load_ext celerynb\n%load_ext celerynb\n"
+                "from celerynb._asyncio_support import nested_asyncio_enabled\nprint(nested_asyncio_enabled())",
+}
 
 
 @pytest.mark.slow
-def test_guide_asyncio_run_works_in_a_real_kernel_after_enabling(session_dir):
+@pytest.mark.parametrize("how", ["direct", "load_ext"])
+def test_guide_asyncio_run_works_in_a_real_kernel(session_dir, how):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    code = guide_block("Integration with AsyncIO").replace(
+    guide = guide_block("Integration with AsyncIO").replace(
         'print(f"All documents processed: {result}")',
         'print(f"All documents processed: {[r[\'document_id\'] for r in result]}")',
     )
+    cells = [
+        # Importing the library must not patch asyncio.
+        "import asyncio\nimport celerynb, celerynb.async_tasks, celerynb.messaging.redis, celerynb.messaging.bridge\n"
+        "try:\n    asyncio.run(asyncio.sleep(0))\nexcept RuntimeError as exc:\n    print('refused:', exc)",
+        ENABLE[how],
+        guide,
+        "print(asyncio.run(asyncio.sleep(0, 'again')))",
+    ]
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code if c == "GUIDE" else c) for c in KERNEL_CELLS]
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(session_dir)}})
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(session_dir)}})
     client.execute()
-    outputs = ["".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream") for cell in nb.cells]
     errors = [o for cell in nb.cells for o in cell.outputs if o.get("output_type") == "error"]
     assert not errors, errors
-    assert outputs[0].startswith("refused: asyncio.run() cannot be called from a running event loop")
-    assert outputs[1].strip() == "True True"
-    assert outputs[2].strip() == "All documents processed: ['doc1', 'doc2', 'doc3']"
-    assert outputs[3].strip() == "again"
+    stdout = ["".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout") for cell in nb.cells]
+    assert stdout[0].startswith("refused: asyncio.run() cannot be called from a running event loop")
+    assert stdout[1].strip().splitlines()[-1] == ("True True" if how == "direct" else "True")
+    assert stdout[2].strip() == "All documents processed: ['doc1', 'doc2', 'doc3']"
+    assert stdout[3].strip() == "again"
