@@ -113,6 +113,8 @@ class TaskMonitor:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._reconcile_now = False
+        self._moved = False
+        self._url: str | None = None
         self.mode: str | None = None  # "redis" or "poll", known once the thread connected
         self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0}
 
@@ -133,6 +135,8 @@ class TaskMonitor:
                 self._to_subscribe.add(tid)
                 fresh.append(tid)
         if fresh:
+            if self._url is not None and self.app.conf.result_backend != self._url:
+                self._moved = True  # the app was pointed at another server: reconnect now
             self._ensure_thread()
             self._wake.set()
 
@@ -307,16 +311,20 @@ class TaskMonitor:
                     self._subscribed.clear()
 
     def _idle(self, seconds: float) -> None:
+        """Back off, but wake at once when someone tracks new tasks (the server may be back)."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
             self._run_tickers()
-            self._stop.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self._wake.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                self._wake.clear()
+                return
 
     def _serve(self, source: _Source) -> None:
-        url = self.app.conf.result_backend
+        url = self._url = source.url
+        self._moved = False
         next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
         self._reconcile_now = False
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._moved:
             with self._lock:
                 subscribe, self._to_subscribe = list(self._to_subscribe), set()
                 unsubscribe = [t for t in self._to_unsubscribe if t in self._subscribed]
@@ -376,6 +384,7 @@ class _Source:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.url = app.conf.result_backend
         self.backend = app.backend  # a thread-local instance, owned by the monitor thread
         self.redis: Any = None
         self.pubsub: Any = None
@@ -491,3 +500,81 @@ def forget_monitors() -> None:
         _monitors.clear()
     for monitor in monitors:
         monitor.stop()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A task published from this process: what a table shows before the worker reports anything."""
+
+    task_id: str
+    name: str | None
+    argsrepr: str | None
+    kwargsrepr: str | None
+    sent_at: float  # time.time()
+
+
+class SubmittedLog:
+    """The last ``maxlen`` tasks published from this process, recorded by ``after_task_publish``.
+
+    The receiver only appends to a dict (a few microseconds): submit throughput is untouched.
+    """
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.maxlen = maxlen
+        self._entries: dict[str, Submitted] = {}
+        self._order: list[str] = []
+        self._lock = threading.Lock()
+        self.count = 0  # total ever recorded; readers remember where they stopped
+
+    def record(self, task_id: str, name: str | None, argsrepr: str | None, kwargsrepr: str | None) -> None:
+        entry = Submitted(task_id, name, argsrepr, kwargsrepr, time.time())
+        with self._lock:
+            self._entries[task_id] = entry
+            self._order.append(task_id)
+            self.count += 1
+            if len(self._order) > self.maxlen * 2:
+                drop, self._order = self._order[: -self.maxlen], self._order[-self.maxlen:]
+                for tid in drop:
+                    self._entries.pop(tid, None)
+
+    def get(self, task_id: str) -> Submitted | None:
+        return self._entries.get(task_id)
+
+    def since(self, count: int) -> tuple[list[str], int]:
+        """Ids recorded after the reader's ``count``, and the new count to remember."""
+        with self._lock:
+            new = self.count - count
+            ids = self._order[-new:] if new > 0 else []
+            return ids[-self.maxlen:], self.count
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return self._order[-self.maxlen:]
+
+
+submitted = SubmittedLog()
+
+
+def _on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
+    headers = headers or {}
+    task_id = headers.get("id")
+    if task_id is None and isinstance(body, dict):  # task protocol 1
+        task_id = body.get("id")
+        headers = {"task": body.get("task"), "argsrepr": repr(body.get("args")), "kwargsrepr": repr(body.get("kwargs"))}
+    if task_id:
+        submitted.record(task_id, headers.get("task") or sender, headers.get("argsrepr"), headers.get("kwargsrepr"))
+
+
+def enable_submit_log() -> None:
+    """Record every task published from this process (idempotent)."""
+    from celery.signals import after_task_publish
+
+    after_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-submit-log")
+
+
+def task_name(task_id: str, snapshot: TaskSnapshot | None = None) -> str | None:
+    """Best known name: the backend's extended result, else what this process published."""
+    if snapshot is not None and snapshot.name:
+        return snapshot.name
+    entry = submitted.get(task_id)
+    return entry.name if entry else None

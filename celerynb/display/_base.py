@@ -1,0 +1,208 @@
+"""What every progress display shares: tracking through the monitor, throttled redraws, the
+final summary, waiting, results and cancel. Subclasses only draw (widgets or text), as in
+dask's progress bars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery import Celery
+
+from ..monitor import get_monitor, task_name
+from ..results import outcome
+from . import _views
+from ._templates import summary_html
+
+#: Up to this many tasks, one bar per task; more get one aggregate bar.
+FEW = 10
+#: Minimum seconds between two redraws of one display.
+REDRAW_EVERY = 0.1
+
+
+def ipython() -> Any:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def current_parent() -> dict | None:
+    """The request (cell) now running, so that later background output goes back to it."""
+    ip = ipython()
+    get_parent = getattr(ip, "get_parent", None)
+    if get_parent is None:
+        return None
+    try:
+        return get_parent()
+    except Exception:  # noqa: BLE001 - not a kernel shell
+        return None
+
+
+@contextlib.contextmanager
+def attached_to(parent: dict | None) -> Iterator[None]:
+    """Send display messages of this thread as outputs of ``parent`` (ipykernel 7 needs it explicitly)."""
+    ip = ipython()
+    setter = getattr(ip, "set_thread_parent", None)
+    if not parent or setter is None:
+        yield
+        return
+    tokens = setter(parent)
+    try:
+        yield
+    finally:
+        ip.reset_thread_parent(tokens)
+
+
+def cancel_tasks(app: Celery, task_ids: list[str]) -> None:
+    """Stop tasks as far as their pool allows.
+
+    ``revoke(terminate=True)`` kills a running task in a prefork child and drops a queued one
+    everywhere. Threads/solo pools (the in-kernel workers) cannot kill a running task: they
+    record the revoke, and tasks that loop with ``celerynb.track`` (or call
+    ``raise_if_cancelled``) stop at their next item with state REVOKED.
+    """
+    if not task_ids:
+        return
+    from celery.worker import state
+
+    for tid in task_ids:  # in-kernel workers: visible at once, before the broadcast arrives
+        state.revoked.add(tid)
+    app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+
+
+class ProgressDisplay:
+    """Follows tasks through the shared monitor and redraws at most every ``REDRAW_EVERY`` s."""
+
+    def __init__(self, task_ids: list[str], app: Celery | None = None) -> None:
+        self.ids = list(dict.fromkeys(task_ids))
+        self.monitor = get_monitor(app)
+        self.app = self.monitor.app
+        self.started = time.monotonic()
+        self.ended: float | None = None
+        self.finished = False
+        self._percent: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._dirty = True
+        self._last_draw = 0.0
+        self._last_clock = 0.0
+        self._parent = current_parent()
+        self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
+        self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
+        self.monitor.track(self.ids)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def few(self) -> bool:
+        return len(self.ids) <= FEW
+
+    def views(self) -> tuple[list[_views.TaskView], _views.GroupView | None]:
+        views = []
+        for tid in self.ids:
+            snap = self.monitor.snapshot(tid)
+            view = _views.task_view(snap, self._percent.get(tid, 0.0), task_name(tid, snap))
+            self._percent[tid] = view.percent
+            views.append(view)
+        group = _views.group_view(views) if len(views) > 1 else None
+        return views, group
+
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    def clock_text(self, percent: float) -> str:
+        elapsed = self.elapsed()
+        text = f"elapsed {_views.format_duration(elapsed)}"
+        if not self.finished:
+            text += f" · ETA {_views.format_duration(_views.eta(elapsed, percent))}"
+        return text
+
+    def text(self) -> str:
+        """Deterministic text (no ids, no times): the ``text/plain`` that nbval compares."""
+        views, group = self.views()
+        lines = [_views.group_line(group)] if group is not None else []
+        if self.few:
+            lines += [_views.task_line(v) for v in views]
+        else:
+            lines += [_views.task_line(v) for v in group.failures]
+        return "\n".join(lines)
+
+    def summary_html(self) -> str:
+        views, group = self.views()
+        shown = views if self.few else []
+        return summary_html(group, shown, _views.format_duration(self.elapsed()))
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    # -- updates ---------------------------------------------------------------------------
+    def _on_change(self, _snapshot: Any) -> None:
+        self._dirty = True
+        if time.monotonic() - self._last_draw >= REDRAW_EVERY:
+            self.refresh()
+
+    def _on_tick(self) -> None:
+        if self._dirty or time.monotonic() - self._last_clock >= 1.0:
+            self.refresh()
+
+    def refresh(self, background: bool = True) -> None:
+        """Redraw now; finish (static summary) once every task is ready."""
+        with self._lock:
+            if self.finished:
+                return
+            self._dirty = False
+            self._last_draw = self._last_clock = time.monotonic()
+            views, group = self.views()
+            done = all(v.ready for v in views)
+            if done:
+                self.ended = time.monotonic()
+                self.finished = True
+            self.draw(views, group)
+        if done:
+            self._remove_listener()
+            self._remove_ticker()
+            with attached_to(self._parent if background else None):
+                self.publish_final()
+
+    def draw(self, views: list[_views.TaskView], group: _views.GroupView | None) -> None:
+        """Subclasses: show the current views."""
+
+    def publish_final(self) -> None:
+        """Subclasses: leave the final state (static HTML + deterministic text) in the output."""
+
+    # -- user API --------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until every task ends; returns :meth:`results`.
+
+        Raises:
+            TimeoutError: some task is still running after ``timeout`` seconds.
+        """
+        self.monitor.wait(self.ids, timeout)
+        was_finished = self.finished
+        self.refresh(background=False)
+        if was_finished:
+            # Finished in the background: publish again from this cell so that a saved
+            # notebook (nbclient only records the running cell's messages) gets the outcome.
+            self.publish_final()
+        return self.results()
+
+    def results(self) -> Any:
+        """Return values (a failed task's exception in its place); one value for one task."""
+        values = []
+        for tid in self.ids:
+            snap = self.monitor.snapshot(tid)
+            values.append(outcome(snap, self.app)[1] if snap.ready else None)
+        return values[0] if len(values) == 1 else values
+
+    def cancel(self) -> None:
+        """Cancel every unfinished task (see :func:`cancel_tasks` for what can be stopped)."""
+        cancel_tasks(self.app, [t for t in self.ids if not self.monitor.snapshot(t).ready])
+
+    def close(self) -> None:
+        """Stop following the tasks (the display keeps its last state)."""
+        self._remove_listener()
+        self._remove_ticker()

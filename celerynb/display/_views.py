@@ -1,0 +1,172 @@
+"""What a progress display shows, computed from snapshots: no widgets, no I/O, easy to test.
+
+The widget display, the text twin and the static HTML summary all render these views, so the
+three always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import states
+
+from ..monitor import TaskSnapshot
+
+BAR_STYLES = {
+    states.PENDING: "",
+    states.RECEIVED: "info",
+    states.STARTED: "info",
+    "PROGRESS": "info",
+    states.RETRY: "warning",
+    states.SUCCESS: "success",
+    states.FAILURE: "danger",
+    states.REVOKED: "warning",
+    "ABORTED": "warning",
+    states.REJECTED: "danger",
+    states.IGNORED: "",
+}
+#: Order of states in counts: finished ones last.
+STATE_ORDER = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "ABORTED"]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task as displayed: a percentage, a style, and a deterministic one-line detail."""
+
+    task_id: str
+    name: str
+    state: str
+    percent: float
+    bar_style: str
+    detail: str
+    ready: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """Many tasks as one aggregate bar: done/total plus counts per state."""
+
+    total: int
+    done: int
+    percent: float
+    bar_style: str
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[TaskView] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return self.done == self.total
+
+
+def progress_percent(info: Any) -> float | None:
+    """The guide's PROGRESS meta: ``progress`` in %, else ``current``/``total``."""
+    if not isinstance(info, dict):
+        return None
+    value = info.get("progress")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return max(0.0, min(100.0, float(value)))
+    current, total = info.get("current"), info.get("total")
+    if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
+        return max(0.0, min(100.0, 100.0 * current / total))
+    return None
+
+
+def error_text(info: Any) -> str:
+    """``Type: message`` of a stored exception (Celery stores ``exc_message`` as the args list)."""
+    if not isinstance(info, dict) or "exc_type" not in info:
+        return "" if info is None else str(info)
+    message = info.get("exc_message", "")
+    if isinstance(message, list | tuple):
+        message = " ".join(str(part) for part in message)
+    return f"{info.get('exc_type')}: {message}" if message else str(info.get("exc_type"))
+
+
+def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None) -> TaskView:
+    """The view of one snapshot; ``previous`` keeps the bar where it was when a task fails."""
+    state = snap.state
+    label = snap.name or name or "task"
+    percent = previous
+    detail = state
+    error = ""
+    if state == states.SUCCESS:
+        percent = 100.0
+    elif state == "PROGRESS":
+        found = progress_percent(snap.info)
+        percent = previous if found is None else found
+        status = snap.info.get("status") if isinstance(snap.info, dict) else None
+        detail = f"PROGRESS {percent:.0f}%" + (f" {status}" if status else "")
+    elif state == states.RETRY:
+        attempt = (snap.retries or 0) + 1
+        error = error_text(snap.info)
+        detail = f"RETRY (retry {attempt})" + (f" {error}" if error else "")
+    elif state == states.FAILURE:
+        error = error_text(snap.info)
+        detail = f"FAILURE {error}" if error else "FAILURE"
+    elif state == states.REVOKED:
+        detail = "REVOKED (cancelled)"
+    return TaskView(
+        task_id=snap.task_id, name=label, state=state, percent=percent,
+        bar_style=BAR_STYLES.get(state, "info"), detail=detail, ready=snap.ready, error=error,
+    )
+
+
+def group_view(views: list[TaskView]) -> GroupView:
+    counts: dict[str, int] = {}
+    for view in views:
+        counts[view.state] = counts.get(view.state, 0) + 1
+    ordered = {s: counts[s] for s in STATE_ORDER if s in counts}
+    ordered.update({s: n for s, n in counts.items() if s not in ordered})
+    total = len(views)
+    done = sum(1 for v in views if v.ready)
+    failed = [v for v in views if v.state in (states.FAILURE, states.REJECTED)]
+    if done < total:
+        style = "warning" if counts.get(states.RETRY) else "info"
+    elif failed:
+        style = "danger"
+    elif counts.get(states.REVOKED) or counts.get("ABORTED"):
+        style = "warning"
+    else:
+        style = "success"
+    percent = 100.0 * done / total if total else 100.0
+    return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failed[:5])
+
+
+def text_bar(percent: float, width: int = 20) -> str:
+    filled = int(round(width * percent / 100.0))
+    return "|" + "#" * filled + " " * (width - filled) + "|"
+
+
+def task_line(view: TaskView) -> str:
+    """Deterministic: no ids, no times (nbval compares it)."""
+    return f"{view.name}: {view.percent:3.0f}% {text_bar(view.percent)} {view.detail}"
+
+
+def counts_text(group: GroupView) -> str:
+    return " · ".join(f"{state} {n}" for state, n in group.counts.items())
+
+
+def group_line(group: GroupView) -> str:
+    return (f"{group.total} tasks: {group.percent:3.0f}% {text_bar(group.percent)} "
+            f"{group.done}/{group.total} done · {counts_text(group)}")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def eta(elapsed: float, percent: float) -> float | None:
+    """Seconds left at the current average rate; None before any progress."""
+    if percent <= 0 or percent >= 100:
+        return None if percent <= 0 else 0.0
+    return elapsed * (100.0 - percent) / percent

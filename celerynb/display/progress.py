@@ -1,0 +1,169 @@
+"""``celerynb.progress(x)``: live bars for one task or ten thousand.
+
+A widget display inside a kernel with ipywidgets; the text twin (:mod:`.text`) everywhere
+else. Both follow the shared monitor, so no display polls anything by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+from ..results import seed_eager, task_ids_of
+from . import _views
+from ._base import ProgressDisplay, ipython
+from ._templates import e, state_badge
+from .text import TextProgress
+
+
+def widgets_available() -> bool:
+    """Widgets render only in a kernel with ipywidgets, unless ``CELERYNB_NONINTERACTIVE=1``."""
+    if os.environ.get("CELERYNB_NONINTERACTIVE", "").lower() in ("1", "true", "yes"):
+        return False
+    ip = ipython()
+    if ip is None or getattr(ip, "kernel", None) is None:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class WidgetProgress(ProgressDisplay):
+    """ipywidgets bars: per task for a few tasks, one aggregate bar (+ failures) for many."""
+
+    def __init__(self, task_ids: list[str], app: Celery | None = None) -> None:
+        import ipywidgets as w
+
+        self._handle_id: str | None = None
+        self._shown_in = None
+        n = len(dict.fromkeys(task_ids))
+        self.group_bar = w.FloatProgress(value=0, min=0, max=100, layout=w.Layout(width="240px"))
+        self.group_label = w.HTML()
+        self.rows: list[tuple[Any, Any, Any]] = []
+        children: list[Any] = []
+        if n > 1:
+            children.append(w.HBox([self.group_bar, self.group_label]))
+        if n <= 10:
+            for _ in range(n):
+                name, bar, detail = (w.Label(layout=w.Layout(min_width="160px")),
+                                     w.FloatProgress(value=0, min=0, max=100, layout=w.Layout(width="240px")),
+                                     w.Label())
+                self.rows.append((name, bar, detail))
+                children.append(w.HBox([name, bar, detail]))
+        else:
+            self.details = w.VBox()
+            children.append(self.details)
+        self.clock = w.Label()
+        self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning",
+                                      tooltip="Revoke the unfinished tasks (see celerynb.progress docs)")
+        self.cancel_button.on_click(lambda _b: self.cancel())
+        children.append(w.HBox([self.cancel_button, self.clock]))
+        self.box = w.VBox(children)
+        self.box.add_class("celerynb-progress")
+        super().__init__(task_ids, app)
+
+    # -- drawing ---------------------------------------------------------------------------
+    def draw(self, views: list[_views.TaskView], group: _views.GroupView | None) -> None:
+        if group is not None:
+            self.group_bar.value = group.percent
+            self.group_bar.bar_style = group.bar_style
+            self.group_label.value = (
+                f"{group.done}/{group.total} done · " +
+                " · ".join(state_badge(f"{s} {n}", _views.BAR_STYLES.get(s, "info")) for s, n in group.counts.items())
+            )
+        if self.rows:
+            for (name, bar, detail), view in zip(self.rows, views, strict=True):
+                name.value = view.name
+                bar.value = view.percent
+                bar.bar_style = view.bar_style
+                detail.value = view.detail  # a Label: user text is never HTML
+        elif group is not None:
+            self._draw_many(views, group)
+        percent = group.percent if group is not None else views[0].percent
+        self.clock.value = self.clock_text(percent)
+        if self.finished:
+            self.cancel_button.disabled = True
+
+    def _draw_many(self, views: list[_views.TaskView], group: _views.GroupView) -> None:
+        import ipywidgets as w
+
+        running = [v for v in views if not v.ready and v.state != "PENDING"][:3]
+        lines = [f"<div style='color:var(--jp-error-color1,#c00)'>{e(v.name)}: {e(v.detail)}</div>"
+                 for v in group.failures[:3]]
+        lines += [f"<div>{e(v.name)}: {e(v.detail)}</div>" for v in running]
+        html = "".join(lines)
+        if not self.details.children:
+            self.details.children = (w.HTML(),)
+        if self.details.children[0].value != html:
+            self.details.children[0].value = html
+
+    # -- output ----------------------------------------------------------------------------
+    def _bundle(self, final: bool) -> dict[str, Any]:
+        data = dict(self.box._repr_mimebundle_())
+        data["text/plain"] = self.text()
+        if final:
+            data["text/html"] = self.summary_html()
+        return data
+
+    def show(self) -> WidgetProgress:
+        if ipython() is None:
+            return self
+        from IPython.display import display
+
+        with self._lock:
+            handle = display(self._bundle(self.finished), raw=True, display_id=True)
+            self._handle_id = handle.display_id
+            self._shown_in = getattr(ipython(), "execution_count", None)
+        return self
+
+    def publish_final(self) -> None:
+        if self._handle_id is None:
+            return
+        from IPython.display import update_display
+
+        update_display(self._bundle(True), raw=True, display_id=self._handle_id)
+
+    def _ipython_display_(self) -> None:
+        if self._handle_id is not None and getattr(ipython(), "execution_count", None) == self._shown_in:
+            return  # progress() already showed it in this cell
+        from IPython.display import display
+
+        display(self._bundle(self.finished), raw=True)
+
+    def _repr_mimebundle_(self, **_: Any) -> dict[str, Any]:
+        return self._bundle(self.finished)
+
+
+def progress(*results: Any, wait: bool = False, timeout: float | None = None, app: Celery | None = None,
+             widget: bool | None = None) -> Any:
+    """Show live progress of tasks; returns the display (or, with ``wait=True``, the results).
+
+    Args:
+        results: an ``AsyncResult``, a ``GroupResult``/``ResultSet``, lists of them, or task id
+            strings (e.g. from another kernel or after a restart).
+        wait: block with live updates until every task ends, then return the results (one value
+            for one task, a list otherwise; a failed task's exception in its place).
+        timeout: with ``wait``, seconds before ``TimeoutError``.
+        app: the Celery app for plain ids (celerynb's app by default).
+        widget: force the widget (True) or the text twin (False); chosen automatically by default.
+
+    Cancel: the display's Cancel button (or ``.cancel()``) revokes with ``terminate=True``: a
+    queued task never runs, a running prefork task is killed. In-kernel and other threads/solo
+    workers cannot kill a running task: it stops at its next ``celerynb.track`` item (or
+    ``raise_if_cancelled`` call) with state REVOKED; a task that never checks runs to its end.
+    """
+    ids, found_app = task_ids_of(results)
+    if not ids:
+        raise ValueError("progress() needs at least one task: pass an AsyncResult, a GroupResult or task ids.")
+    seed_eager(results, app or found_app)
+    use_widget = widgets_available() if widget is None else widget
+    cls = WidgetProgress if use_widget else TextProgress
+    display = cls(ids, app or found_app)
+    display.show()
+    if wait:
+        return display.wait(timeout)
+    return display

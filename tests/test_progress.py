@@ -1,0 +1,228 @@
+"""Progress displays at model level: bar values, styles and labels for every state, groups,
+the text twin, escaping, cancel, and the worker-side ``track`` helper."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from conftest import wait_for
+
+from celerynb.display import _views
+from celerynb.display.progress import WidgetProgress, progress, widgets_available
+from celerynb.display.text import TextProgress
+from celerynb.monitor import TaskSnapshot, get_monitor
+from celerynb.workers.track import track
+
+
+def snap(state, info=None, **kw):
+    return TaskSnapshot(task_id="t1", state=state, info=info, name=kw.pop("name", "tasks.x"), **kw)
+
+
+# -- the view model, every state -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("state", "info", "percent", "style", "detail"),
+    [
+        ("PENDING", None, 0, "", "PENDING"),
+        ("STARTED", None, 0, "info", "STARTED"),
+        ("PROGRESS", {"progress": 40, "status": "Processing item 4/10"}, 40, "info", "PROGRESS 40% Processing item 4/10"),
+        ("PROGRESS", {"current": 3, "total": 4}, 75, "info", "PROGRESS 75%"),
+        ("RETRY", {"exc_type": "TemporaryError", "exc_message": ["flaky"]}, 0, "warning",
+         "RETRY (retry 2) TemporaryError: flaky"),
+        ("SUCCESS", {"ok": 1}, 100, "success", "SUCCESS"),
+        ("FAILURE", {"exc_type": "ValueError", "exc_message": ["bad value"]}, 0, "danger",
+         "FAILURE ValueError: bad value"),
+        ("REVOKED", None, 0, "warning", "REVOKED (cancelled)"),
+    ],
+)
+def test_task_view_every_state(state, info, percent, style, detail):
+    view = _views.task_view(snap(state, info, retries=1))
+    assert (view.percent, view.bar_style, view.detail) == (percent, style, detail)
+    assert _views.task_line(view).startswith(f"tasks.x: {percent:3d}% |")
+
+
+def test_failure_keeps_last_progress():
+    view = _views.task_view(snap("FAILURE", {"exc_type": "E", "exc_message": []}), previous=60.0)
+    assert view.percent == 60.0 and view.bar_style == "danger"
+
+
+def test_group_view_counts_and_styles():
+    views = [_views.task_view(snap(s)) for s in ("SUCCESS", "SUCCESS", "PROGRESS", "PENDING")]
+    group = _views.group_view(views)
+    assert (group.done, group.total, group.percent, group.bar_style) == (2, 4, 50.0, "info")
+    assert group.counts == {"PENDING": 1, "PROGRESS": 1, "SUCCESS": 2}
+    failed = _views.group_view([_views.task_view(snap("SUCCESS")), _views.task_view(snap("FAILURE"))])
+    assert failed.bar_style == "danger" and failed.ready
+    assert _views.group_line(failed) == "2 tasks: 100% |####################| 2/2 done · SUCCESS 1 · FAILURE 1"
+
+
+def test_widgets_not_used_when_noninteractive(monkeypatch):
+    monkeypatch.setenv("CELERYNB_NONINTERACTIVE", "1")
+    assert widgets_available() is False
+
+
+# -- live displays against a real cluster --------------------------------------------------
+def test_widget_follows_long_process_to_success(cluster):
+    from celerynb.workers.tasks import long_process
+
+    r = long_process.delay(list(range(8)), delay=0.05)
+    disp = WidgetProgress([r.id], cluster.app)
+    seen = []
+    name, bar, detail = disp.rows[0]
+    bar.observe(lambda change: seen.append(change["new"]), "value")
+    assert disp.wait(timeout=30) == {"status": "completed", "processed": 8}
+    assert bar.value == 100 and bar.bar_style == "success"
+    assert name.value == "tasks.long_process" and detail.value == "SUCCESS"
+    assert any(0 < v < 100 for v in seen), seen
+    assert disp.cancel_button.disabled
+    assert "celerynb-progress" in disp.box._dom_classes
+    assert repr(disp) == "tasks.long_process: 100% |####################| SUCCESS"
+    assert "celerynb-success" in disp.summary_html()
+
+
+def test_widget_shows_failure_with_exception(cluster):
+    from celerynb.workers.tasks import risky_task
+
+    r = risky_task.delay("fail")
+    disp = WidgetProgress([r.id], cluster.app)
+    value = disp.wait(timeout=30)
+    assert type(value).__name__ == "PermanentError"
+    _, bar, detail = disp.rows[0]
+    assert bar.bar_style == "danger"
+    assert detail.value == "FAILURE PermanentError: cannot process 'fail'"
+
+
+def test_widget_shows_retry_count(cluster):
+    from celerynb.workers.tasks import risky_task
+
+    r = risky_task.delay("flaky:1", base_delay=0.5)
+    disp = WidgetProgress([r.id], cluster.app)
+    details = []
+    disp.rows[0][2].observe(lambda change: details.append(change["new"]), "value")
+    assert disp.wait(timeout=30) == {"arg": "flaky:1", "attempts": 2}
+    assert any(d.startswith("RETRY (retry 1) TemporaryError") for d in details), details
+
+
+def test_group_display_few_and_many(cluster):
+    from celery import group
+
+    from celerynb.workers.tasks import analyze_content
+
+    few = group(analyze_content.s(f"a b c {i}") for i in range(3)).apply_async()
+    disp = WidgetProgress([r.id for r in few.results], cluster.app)
+    disp.wait(timeout=30)
+    assert len(disp.rows) == 3 and disp.group_bar.value == 100 and disp.group_bar.bar_style == "success"
+    assert "3/3 done" in disp.group_label.value
+
+    many = [analyze_content.delay(f"x y {i}") for i in range(40)]
+    big = WidgetProgress([r.id for r in many], cluster.app)
+    big.wait(timeout=60)
+    assert big.rows == [] and big.group_bar.value == 100
+    assert big.text() == "40 tasks: 100% |####################| 40/40 done · SUCCESS 40"
+
+
+def test_text_twin_is_deterministic(cluster):
+    from celerynb.workers.tasks import long_process, risky_task
+
+    ok = long_process.delay([1, 2], delay=0.01)
+    bad = risky_task.delay("fail")
+    disp = progress(ok, bad, widget=False)
+    assert isinstance(disp, TextProgress)
+    disp._quiet = True
+    disp.wait(timeout=30)
+    assert repr(disp).splitlines() == [
+        "2 tasks: 100% |####################| 2/2 done · SUCCESS 1 · FAILURE 1",
+        "tasks.long_process: 100% |####################| SUCCESS",
+        "tasks.risky_task:   0% |                    | FAILURE PermanentError: cannot process 'fail'",
+    ]
+
+
+def test_progress_wait_returns_results_and_rejects_bad_input(cluster):
+    from celerynb.workers.tasks import analyze_content
+
+    r = analyze_content.delay("one two")
+    assert progress(r, wait=True, timeout=30, widget=False)["words"] == 2
+    with pytest.raises(ValueError, match="at least one task"):
+        progress([])
+    with pytest.raises(TypeError, match="Cannot follow dict"):
+        progress({"a": 1})
+
+
+def test_user_data_is_escaped(cluster):
+    monitor = get_monitor(cluster.app)
+    tid = str(uuid.uuid4())
+    xss = "<script>alert(1)</script>"
+    cluster.app.backend.store_result(tid, None, "PENDING")
+    disp = TextProgress([tid], cluster.app)
+    monitor._apply(TaskSnapshot(task_id=tid, state="FAILURE", name=xss,
+                                info={"exc_type": "ValueError", "exc_message": [xss]}), b"x", force=True)
+    html = disp.summary_html()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    wdisp = WidgetProgress([tid], cluster.app)
+    wdisp.refresh()
+    assert wdisp.rows[0][2].value.endswith(xss)  # a Label widget shows text, never HTML
+    assert "<script>" not in wdisp._bundle(True)["text/html"]
+
+
+def test_eager_result_shows_final_state(app):
+    from celerynb.workers.tasks import analyze_content
+
+    app.conf.task_always_eager = True
+    r = analyze_content.delay("eager words")
+    disp = progress(r, widget=False)
+    disp._quiet = True
+    wait_for(lambda: disp.finished, message="eager display finished")
+    assert repr(disp) == "tasks.analyze_content: 100% |####################| SUCCESS"
+
+
+# -- cancel and track() --------------------------------------------------------------------
+@pytest.fixture
+def tracked_task(cluster):
+    app = cluster.app
+    app.tasks.pop("tests.tracked_loop", None)
+
+    @app.task(bind=True, name="tests.tracked_loop")
+    def tracked_loop(self, n, delay):
+        total = 0
+        for i in track(range(n), task=self):
+            time.sleep(delay)
+            total += i
+        return total
+
+    yield tracked_loop
+    app.tasks.pop("tests.tracked_loop", None)
+
+
+def test_track_reports_guide_meta_throttled(cluster, tracked_task):
+    monitor = get_monitor(cluster.app)
+    r = tracked_task.delay(2000, 0.0005)
+    seen = []
+    remove = monitor.add_listener(seen.append, [r.id])
+    monitor.track([r.id])
+    assert monitor.wait([r.id], timeout=30)[r.id].info == sum(range(2000))
+    remove()
+    metas = [s.info for s in seen if s.state == "PROGRESS"]
+    assert metas, [(s.state, s.info) for s in seen]
+    assert set(metas[-1]) == {"progress", "current", "total", "status"}
+    assert metas[-1]["status"].startswith("Processing item ")
+    # ~1-2 s of looping at most ~10 updates a second, not one per item.
+    assert len(metas) < 60, len(metas)
+
+
+def test_track_without_task_is_plain_iteration():
+    assert list(track([1, 2, 3])) == [1, 2, 3]
+    with pytest.raises(ValueError, match="every must be"):
+        track([], every=-1)
+
+
+def test_cancel_stops_running_in_kernel_task(cluster, tracked_task):
+    r = tracked_task.delay(600, 0.05)  # 30 s unless cancelled
+    disp = WidgetProgress([r.id], cluster.app)
+    wait_for(lambda: disp.monitor.snapshot(r.id).state == "PROGRESS", timeout=20, message="task running")
+    started = time.monotonic()
+    disp.cancel_button.click()
+    disp.wait(timeout=20)
+    assert time.monotonic() - started < 10
+    assert disp.monitor.snapshot(r.id).state == "REVOKED"
+    assert disp.rows[0][1].bar_style == "warning" and disp.rows[0][2].value == "REVOKED (cancelled)"
