@@ -1,0 +1,198 @@
+"""``celerynb.TaskTable``: a live table of given results, or of every task this kernel submits.
+
+Rows come from the shared monitor (no polling of its own) and the submit log (names and
+argument reprs as published). The live widget redraws at most twice a second, so submitting
+thousands of tasks with a table on screen costs almost nothing. All user data is escaped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+
+from ..monitor import TaskSnapshot, enable_submit_log, get_monitor, submitted
+from ..results import seed_eager, task_ids_of
+from . import _views
+from ._templates import BOX, MUTED, bar_html, e, state_badge
+
+COLUMNS = ("id", "name", "state", "progress", "args", "worker", "started", "runtime", "result")
+REFRESH_EVERY = 0.5
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class TaskTable:
+    """Tasks with their state, progress, arguments, worker, timing and result or error.
+
+    Args:
+        results: results/ids to show; None shows every task submitted from this kernel
+            (the most recent ``limit``), new ones included as they are sent.
+        states: only show tasks in these states (e.g. ``["FAILURE"]``).
+        sort: column to sort by (one of ``COLUMNS``); ``descending`` flips it.
+        limit: at most this many rows are rendered.
+        app: the Celery app (celerynb's by default).
+    """
+
+    def __init__(self, results: Any = None, *, states: list[str] | None = None, sort: str = "started",
+                 descending: bool = True, limit: int = 200, app: Celery | None = None) -> None:
+        enable_submit_log()
+        self.kernel_wide = results is None
+        found_app = None
+        ids: list[str] = []
+        if not self.kernel_wide:
+            ids, found_app = task_ids_of(results if isinstance(results, list | tuple) else [results])
+            seed_eager(results if isinstance(results, list | tuple) else [results], app or found_app)
+        self.monitor = get_monitor(app or found_app)
+        self.app = self.monitor.app
+        self.ids: list[str] = list(dict.fromkeys(ids))
+        self.limit = limit
+        self._seen_count = 0
+        self._started: dict[str, float] = {}
+        self._ended: dict[str, float] = {}
+        self._widget: Any = None
+        self._dirty = True
+        self.filter(states)
+        self.sort(sort, descending)
+        self._remove_listener = self.monitor.add_listener(self._on_change, None if self.kernel_wide else self.ids)
+        self._remove_ticker = self.monitor.add_ticker(self._on_tick, REFRESH_EVERY)
+        self._pull_submitted()
+        if self.ids:
+            self.monitor.track(self.ids)
+
+    # -- configuration -------------------------------------------------------------------
+    def filter(self, states: list[str] | str | None = None) -> TaskTable:
+        """Show only tasks in ``states`` (None: all)."""
+        if isinstance(states, str):
+            states = [states]
+        self.states = {s.upper() for s in states} if states else None
+        self._dirty = True
+        return self
+
+    def sort(self, column: str = "started", descending: bool = True) -> TaskTable:
+        if column not in COLUMNS:
+            raise ValueError(f"Unknown column {column!r}: sort by one of {', '.join(COLUMNS)}.")
+        self.sort_column, self.descending = column, descending
+        self._dirty = True
+        return self
+
+    def close(self) -> None:
+        self._remove_listener()
+        self._remove_ticker()
+
+    # -- data ------------------------------------------------------------------------------
+    def _pull_submitted(self) -> None:
+        if not self.kernel_wide:
+            return
+        new, self._seen_count = submitted.since(self._seen_count)
+        if new:
+            self.ids.extend(new)
+            if len(self.ids) > submitted.maxlen:
+                del self.ids[: len(self.ids) - submitted.maxlen]
+            self.monitor.track(new)
+            self._dirty = True
+
+    def _on_change(self, snap: TaskSnapshot) -> None:
+        now = time.time()
+        if snap.state != "PENDING":
+            self._started.setdefault(snap.task_id, now)
+        if snap.ready:
+            self._ended.setdefault(snap.task_id, now)
+        self._dirty = True
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per shown task (filtered, sorted, at most ``limit``), values as plain data."""
+        rows = []
+        for tid in self.ids:
+            snap = self.monitor.snapshot(tid)
+            if self.states is not None and snap.state not in self.states:
+                continue
+            entry = submitted.get(tid)
+            view = _views.task_view(snap, 0.0, snap.name or (entry.name if entry else None))
+            started = self._started.get(tid) or (entry.sent_at if entry else None)
+            ended = self._ended.get(tid)
+            runtime = (ended or time.time()) - started if started and (ended or not snap.ready) else None
+            if snap.state == "SUCCESS":
+                result = _short(snap.info)
+            elif view.error:
+                result = _short(view.error)
+            else:
+                result = ""
+            args = snap.args if snap.args is not None else (entry.argsrepr if entry else None)
+            rows.append({
+                "id": tid, "name": view.name, "state": snap.state, "progress": view.percent,
+                "args": "" if args is None else _short(args, 40), "worker": snap.worker or "",
+                "started": started, "runtime": runtime, "result": result, "_style": view.bar_style,
+            })
+        key = self.sort_column
+        rows.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0), reverse=self.descending)
+        if self.descending:  # keep rows without a value last either way
+            rows.sort(key=lambda r: r[key] is None)
+        return rows[: self.limit]
+
+    def to_dataframe(self) -> Any:
+        """The rows as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("TaskTable.to_dataframe() needs pandas: pip install pandas.") from None
+        return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self.rows()],
+                            columns=list(COLUMNS))
+
+    # -- rendering -------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        rows = self.rows()
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in COLUMNS)
+        body = []
+        for r in rows:
+            started = time.strftime("%H:%M:%S", time.localtime(r["started"])) if r["started"] else ""
+            body.append(
+                f"<tr><td title='{e(r['id'])}'><code>{e(r['id'][:8])}</code></td><td>{e(r['name'])}</td>"
+                f"<td>{state_badge(r['state'], r['_style'])}</td><td>{bar_html(r['progress'], r['_style'])}</td>"
+                f"<td><code>{e(r['args'])}</code></td><td>{e(r['worker'])}</td><td>{e(started)}</td>"
+                f"<td>{e(_views.format_duration(r['runtime']) if r['runtime'] is not None else '')}</td>"
+                f"<td>{e(r['result'])}</td></tr>"
+            )
+        shown = f"{len(rows)} of {len(self.ids)} tasks"
+        if self.states:
+            shown += f" in {', '.join(sorted(self.states))}"
+        return (f'<div class="celerynb-task-table" style="{BOX}"><div style="{MUTED}">{e(shown)}</div>'
+                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for tid in self.ids:
+            state = self.monitor.snapshot(tid).state
+            counts[state] = counts.get(state, 0) + 1
+        summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        return f"<TaskTable {len(self.ids)} tasks{': ' + summary if summary else ''}>"
+
+    def _on_tick(self) -> None:
+        self._pull_submitted()
+        if self._widget is not None and self._dirty:
+            self._dirty = False
+            html = self._repr_html_()
+            if self._widget.value != html:
+                self._widget.value = html
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        from .progress import widgets_available
+
+        if not widgets_available():
+            display({"text/plain": repr(self), "text/html": self._repr_html_()}, raw=True)
+            return
+        import ipywidgets as w
+
+        if self._widget is None:
+            self._widget = w.HTML(self._repr_html_())
+            self._widget.add_class("celerynb-task-table")
+        data = dict(self._widget._repr_mimebundle_())
+        data["text/plain"] = repr(self)
+        data["text/html"] = self._repr_html_()
+        display(data, raw=True)
