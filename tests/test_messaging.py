@@ -396,3 +396,19 @@ def test_pubsub_with_its_own_default_client(cluster, app):
         assert not pubsub.client.connected  # created by the pubsub, closed with it
 
     run(main())
+
+
+def test_disconnecting_the_client_stops_the_reader_with_a_warning(valkey, caplog):
+    async def main():
+        client = AsyncRedisClient(valkey.url)
+        await asyncio.gather(client.connect(), client.connect())  # concurrent connects: one pool
+        pubsub = RedisPubSub(client=client)
+        await pubsub.subscribe(unique("dc"), lambda c, m: None)
+        await client.disconnect()
+        await until(lambda: "reader=stopped" in repr(pubsub), message="the reader to stop")
+        await pubsub.unsubscribe_all()
+
+    with caplog.at_level(logging.WARNING, logger="celerynb.messaging"):
+        run(main())
+    assert "its AsyncRedisClient was disconnected" in caplog.text
+    assert caplog.text.count("its AsyncRedisClient was disconnected") == 1

@@ -146,7 +146,10 @@ class AsyncRedisClient:
             raise connectivity.BrokerUnreachable(
                 f"Cannot reach {config.mask_url(self._url)}: {config.mask_text(str(exc))}."
             ) from None
-        self._redis = client
+        if self._redis is not None:  # a concurrent connect() won the race: keep one pool
+            await client.aclose()
+        else:
+            self._redis = client
         return self
 
     async def disconnect(self) -> None:
@@ -391,6 +394,8 @@ class RedisPubSub:
         delay, lost = 0.05, False
         while True:
             try:
+                if not self.client.connected:
+                    raise NotConnected("the client was disconnected")
                 if self._ps is None:
                     self._confirmed.clear()
                     await self._open()
@@ -404,6 +409,10 @@ class RedisPubSub:
                     self._dispatch(message)
             except asyncio.CancelledError:
                 raise
+            except NotConnected:
+                logger.warning("pub/sub stopped: its AsyncRedisClient was disconnected (call unsubscribe_all() first)")
+                await self._discard_ps()
+                return
             except _CONNECTION_ERRORS as exc:
                 if not lost:
                     logger.warning("pub/sub connection to %s lost (%s); reconnecting",
