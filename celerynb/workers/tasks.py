@@ -16,6 +16,7 @@ from celery.utils.log import get_task_logger
 
 from . import documents
 from .celery_app import app
+from .track import raise_if_cancelled
 
 logger = get_task_logger(__name__)
 
@@ -126,6 +127,7 @@ def long_process(self, items: list[Any], delay: float = 0.1) -> dict[str, Any]:
     """
     total = len(items)
     for i, _item in enumerate(items):
+        raise_if_cancelled(self)  # cancel works on in-kernel (threads/solo) workers too
         if delay:
             time.sleep(delay)
         progress = int((i + 1) / total * 100)
