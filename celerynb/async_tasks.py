@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +69,8 @@ class TaskManager:
             raise ValueError(f"keep_finished must be >= 0, not {keep_finished!r}.")
         self.max_concurrency = max_concurrency
         self.keep_finished = keep_finished
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: dict[str, _Entry] = {}
+        self._finished_ids: deque[str] = deque()  # oldest first, to forget beyond keep_finished
         self._semaphore: asyncio.Semaphore | None = None
         self._started = False
         self._stopped = False
@@ -161,12 +162,12 @@ class TaskManager:
             logger.debug("task %s (%s) failed: %r", entry.task_id, entry.name, entry.exception)
         else:
             entry.state = COMPLETED
-        self._forget_old()
+        self._forget_old(entry.task_id)
 
-    def _forget_old(self) -> None:
-        finished = [k for k, e in self._entries.items() if e.task.done()]
-        for key in finished[: max(0, len(finished) - self.keep_finished)]:
-            del self._entries[key]
+    def _forget_old(self, task_id: str) -> None:
+        self._finished_ids.append(task_id)
+        while len(self._finished_ids) > self.keep_finished:
+            self._entries.pop(self._finished_ids.popleft(), None)
 
     def _entry(self, task_id: str) -> _Entry:
         try:
