@@ -226,3 +226,66 @@ def test_cancel_stops_running_in_kernel_task(cluster, tracked_task):
     assert time.monotonic() - started < 10
     assert disp.monitor.snapshot(r.id).state == "REVOKED"
     assert disp.rows[0][1].bar_style == "warning" and disp.rows[0][2].value == "REVOKED (cancelled)"
+
+
+# -- end to end: real kernels through nbclient ---------------------------------------------
+NOTEBOOKS = __import__("pathlib").Path(__file__).with_name("notebooks_e2e")
+
+
+def run_notebook(name, tmp_path, interactive):
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    env = dict(os.environ)  # CELERYNB_RUNTIME_DIR stays the test session's
+    if interactive:
+        env.pop("CELERYNB_NONINTERACTIVE", None)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=env, cwd=str(tmp_path))  # shuts the kernel down at the end
+    nbformat.write(nb, tmp_path / name)
+    return nb
+
+
+def stream_text(cell):
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+@pytest.mark.slow
+def test_notebook_widgets_end_to_end(tmp_path):
+    nb = run_notebook("progress_widgets.ipynb", tmp_path, interactive=True)
+    cells = nb.cells
+    assert stream_text(cells[2]).strip() == "SUCCESS 100.0 success SUCCESS"
+    assert stream_text(cells[3]).strip() == "danger FAILURE PermanentError: cannot process 'fail'"
+    assert stream_text(cells[4]).strip() == "RETRY (retry 1) TemporaryError -> SUCCESS"
+    assert stream_text(cells[5]).strip() == "REVOKED REVOKED (cancelled)"
+    lines = stream_text(cells[6]).strip().splitlines()
+    assert lines[0] == "0 100.0 success"
+    assert lines[1] == "1000 tasks: 100% |####################| 1000/1000 done · SUCCESS 1000"
+    # The saved notebook shows the outcome without a kernel: the display of cell 1 was
+    # updated in place with a static summary and a deterministic text/plain.
+    (shown,) = [o for o in cells[1].outputs if o.output_type == "display_data"]
+    assert shown.data["text/plain"] == "tasks.long_process: 100% |####################| SUCCESS"
+    assert "celerynb-success" in shown.data["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    # ... and the saved widget state holds the finished bars.
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    bars = [m["state"] for m in state.values() if m["model_name"] == "FloatProgressModel"]
+    assert any(b["value"] == 100 and b["bar_style"] == "success" for b in bars)
+    assert any(b["bar_style"] == "danger" for b in bars)
+    # The display formatter: a bare AsyncResult as the last line shows a progress display.
+    last = [o for o in cells[7].outputs if o.output_type in ("display_data", "execute_result")]
+    assert last and "application/vnd.jupyter.widget-view+json" in last[0].data
+
+
+@pytest.mark.slow
+def test_notebook_text_twin_end_to_end(tmp_path):
+    nb = run_notebook("progress_text.ipynb", tmp_path, interactive=False)
+    (shown,) = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
+    assert shown.data["text/plain"].splitlines() == [
+        "2 tasks: 100% |####################| 2/2 done · SUCCESS 1 · FAILURE 1",
+        "tasks.long_process: 100% |####################| SUCCESS",
+        "tasks.risky_task:   0% |                    | FAILURE PermanentError: cannot process 'fail'",
+    ]
+    assert "application/vnd.jupyter.widget-view+json" not in shown.data

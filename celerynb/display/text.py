@@ -26,7 +26,7 @@ class TextProgress(ProgressDisplay):
         from IPython.display import display
 
         with self._lock:
-            self._handle = display(self, display_id=True)
+            self._handle = display(self._bundle(), raw=True, display_id=True)
             self._shown_in = getattr(ip, "execution_count", None)
         return self
 
@@ -39,11 +39,14 @@ class TextProgress(ProgressDisplay):
             return  # progress() already showed it in this cell
         from IPython.display import display
 
-        display({"text/plain": self.text(), "text/html": self.summary_html()}, raw=True)
+        display(self._bundle(), raw=True)
+
+    def _bundle(self) -> dict[str, str]:
+        return {"text/plain": self.text(), "text/html": self.summary_html()}
 
     def publish_final(self) -> None:
         if self._handle is not None:
-            self._handle.update(self)
+            self._handle.update(self._bundle(), raw=True)
         elif ipython() is None and not getattr(self, "_quiet", False):
             print(self.text(), file=sys.stderr)
 
