@@ -34,7 +34,7 @@ def check(url: str, timeout: float = 2.0) -> None:
     except BrokerUnreachable:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-        reason = mask_text(str(exc)) or type(exc).__name__
+        reason = mask_text(str(exc)).rstrip(".") or type(exc).__name__
         raise BrokerUnreachable(f"Cannot reach {mask_url(url)}: {reason}. {_hint(url)}") from None
 
 

@@ -25,8 +25,18 @@ def source_of(app: Celery) -> str | None:
 
 
 def on_configure(sender: Celery, **_: object) -> None:
-    """``app.on_configure`` receiver."""
-    resolve_into(sender)
+    """``app.on_configure`` receiver.
+
+    Celery's signal dispatch logs and swallows exceptions, after which a ``celery worker``
+    would quietly run on Celery's default ``amqp://localhost``: in a celery command the
+    missing broker ends the command instead, with one clear message.
+    """
+    try:
+        resolve_into(sender)
+    except ImproperlyConfigured as exc:
+        if config.in_celery_command():
+            raise SystemExit(f"Error: {exc}") from None
+        raise
 
 
 def resolve_into(app: Celery) -> None:
