@@ -144,7 +144,7 @@ class AsyncRedisClient:
         except Exception as exc:
             await client.aclose()
             raise connectivity.BrokerUnreachable(
-                f"Cannot reach {config.mask_url(self._url)}: {config.mask_text(str(exc))}."
+                f"Cannot reach {config.mask_url(self._url)}: {config.mask_text(str(exc)).rstrip('.')}."
             ) from None
         if self._redis is not None:  # a concurrent connect() won the race: keep one pool
             await client.aclose()
