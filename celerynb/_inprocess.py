@@ -19,33 +19,9 @@ from celery.utils.nodenames import anon_nodename
 from celery.worker import WorkController, state
 from celery.worker.consumer import Consumer
 
+from .workers.consumer import Consumer as _NotebookConsumer
+
 logger = logging.getLogger("celerynb.worker")
-
-
-class _AutoStrategies(dict):
-    """Build the strategy of a task registered after the worker started, on first message.
-
-    Celery builds every task's strategy once at consumer start and rejects later tasks as
-    unregistered; the task handler keeps a reference to this very dict, so it is filled in place.
-    """
-
-    consumer: Consumer | None = None
-
-    def __missing__(self, name: str) -> Any:
-        consumer = self.consumer
-        if consumer is None or name not in consumer.app.tasks:
-            raise KeyError(name)
-        strategy = consumer.app.tasks[name].start_strategy(consumer.app, consumer)
-        self[name] = strategy
-        return strategy
-
-
-class _NotebookConsumer(Consumer):
-    Strategies = _AutoStrategies
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.strategies.consumer = self
 
 
 class _ThreadWorkController(WorkController):

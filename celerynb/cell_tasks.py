@@ -14,6 +14,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils.deprecated import CDeprecationWarning
 
+from .workers import cells
+
 
 class CellTaskError(ValueError):
     """The cell cannot become a task; the message says why in one sentence."""
@@ -108,6 +110,7 @@ def register(
         warnings.simplefilter("ignore", CDeprecationWarning)
         task = app.task(name=name, shared=False, **options.as_task_kwargs())(func)
     task._celerynb_source = source
+    task._celerynb_record = cells.make_record(name, func.__name__, source, options.as_task_kwargs())
     _notify_workers(app, name, options.queue)
     return task
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,7 @@ def _up_foreground(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     server = EmbeddedServer(port=args.port, persistent=args.persistent).start()
+    cell_key = secrets.token_hex(32)  # workers verify shipped notebook cells with it
     log_dir = config.runtime_dir() / f"celerynb-up-{os.getpid()}"
     log_dir.mkdir(exist_ok=True, mode=0o700)
     record = {
@@ -107,6 +109,7 @@ def _up_foreground(args: argparse.Namespace) -> int:
         "started": time.time(),
         "workers": [],
         "ready": False,
+        "cell_key": cell_key,
     }
     config.write_discovery(record)
     workers: list[WorkerProcess] = []
@@ -121,6 +124,7 @@ def _up_foreground(args: argparse.Namespace) -> int:
                 app_path=args.app, broker_url=server.url, result_backend=server.url,
                 name=f"up{os.getpid()}-{i + 1}@{_host()}", concurrency=args.concurrency,
                 logfile=str(log_dir / f"worker-{i + 1}.log"),
+                extra_env={"CELERYNB_CELL_KEY": cell_key},
             )
             workers.append(proc)
             proc.start(app)

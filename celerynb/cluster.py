@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from celery import Celery
 from . import config, server
 from ._inprocess import InProcessWorker, stop_workers
 from ._processes import WorkerProcess
-from .workers import base, urls
+from .workers import base, cells, urls
 
 logger = logging.getLogger("celerynb")
 
@@ -84,6 +85,7 @@ class LocalCluster:
         self._saved_logger: tuple[int, bool] | None = None
         self.running = False
         self.abandoned: list[str] = []
+        self._cell_key: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalCluster:
@@ -99,6 +101,10 @@ class LocalCluster:
                 )
             _current = self
             self._ensure_broker()
+            if cells.cell_key() is None:
+                # Worker processes of this cluster verify shipped cells with this key.
+                self._cell_key = secrets.token_hex(32)
+                cells.set_process_key(self._cell_key)
             self.log_dir = tempfile.mkdtemp(prefix="celerynb-logs-")
             self._route_logs()
             self.running = True
@@ -199,6 +205,7 @@ class LocalCluster:
             pool=pool,
             queues=self.queues or [q.name for q in self.app.amqp.queues.values()],
             logfile=os.path.join(self.log_dir, f"process-{len(self.processes) + 1}.log"),
+            extra_env={cells.KEY_ENV: cells.cell_key() or ""},
         )
         self.processes.append(proc)
         proc.start(self.app)
@@ -246,6 +253,9 @@ class LocalCluster:
                 server.stop_shared_server()
                 self.server = None
                 urls.forget(self.app)
+            if self._cell_key is not None:
+                cells.set_process_key(None)
+                self._cell_key = None
             self._unroute_logs()
             if self.log_dir:
                 shutil.rmtree(self.log_dir, ignore_errors=True)

@@ -29,3 +29,13 @@ def purge(app: Celery, queue: str | None = None) -> int:
             return conn.default_channel.queue_purge(queue) or 0
         except Exception:  # noqa: BLE001 - a queue the broker never saw holds nothing
             return 0
+
+
+def cell_support(app: Celery, timeout: float = 0.5) -> dict[str, bool]:
+    """Every worker that answers within ``timeout``: does it run shipped notebook cells?"""
+    replies = app.control.broadcast("celerynb_cells", reply=True, timeout=timeout)
+    support: dict[str, bool] = {}
+    for reply in replies or []:
+        for worker, answer in reply.items():
+            support[worker] = bool(isinstance(answer, dict) and answer.get("accepts_cells"))
+    return support

@@ -115,7 +115,7 @@ def test_status_shows_masked_broker_workers_and_tasks(ip):
     text = repr(status)
     running = cluster_mod.current()
     assert "redis://:***@127.0.0.1:" in text and running.server.password not in text
-    assert text.count("(thread, solo x1)") == 2
+    assert text.count("(thread, solo x1, accepts cell tasks)") == 2
     assert "notebook.shown" in text
     assert "default=0" in text and "high-priority=0" in text
     assert running.server.password not in status._repr_html_()

@@ -38,6 +38,17 @@ class ClusterStatus:
         if self.status is None and urls.source_of(app):
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
+        self.remote: dict[str, bool] = {}
+        if urls.source_of(app) and not app.conf.task_always_eager and (
+            urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
+        ):
+            from ..inspect import cell_support
+
+            local = {w["name"] for w in (self.status or {}).get("workers", []) if w["kind"] == "thread"}
+            try:
+                self.remote = {k: v for k, v in cell_support(app).items() if k not in local}
+            except Exception:  # noqa: BLE001 - status must show even when the broker does not answer
+                self.remote = {}
 
     def __repr__(self) -> str:
         s = self.status or {}
@@ -52,19 +63,29 @@ class ClusterStatus:
                 f"broker:  {s['broker']}",
                 f"mode:    {self.mode}",
                 "workers: " + (", ".join(
-                    f"{w['name'].split('@')[0]} ({w['kind']}, {w['pool']} x{w['concurrency']})" for w in s["workers"]
+                    f"{w['name'].split('@')[0]} ({w['kind']}, {w['pool']} x{w['concurrency']}"
+                    f"{', accepts cell tasks' if w['kind'] == 'thread' else ''})" for w in s["workers"]
                 ) or "none"),
                 "queues:  " + ", ".join(f"{q}={n}" for q, n in s["queues"].items()),
                 f"log:     {s['log_file']}",
             ]
+        if self.remote:
+            lines.append("worker processes: " + ", ".join(
+                f"{name} ({'accepts cell tasks' if ok else 'refuses cell tasks: no cell key'})"
+                for name, ok in sorted(self.remote.items())
+            ))
         lines.append("notebook tasks: " + (", ".join(self.tasks) or "none"))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         s = self.status or {"running": False}
         card = cluster_card(s)
+        remote = "".join(
+            f"<br>{escape(name)}: {'accepts cell tasks' if ok else 'refuses cell tasks (no cell key)'}"
+            for name, ok in sorted(self.remote.items())
+        )
         extra = (
-            f'<div style="{_STYLE}"><b>Mode</b> {escape(self.mode)}<br>'
+            f'<div style="{_STYLE}"><b>Mode</b> {escape(self.mode)}{remote}<br>'
             f"<b>Notebook tasks</b> <span style='{_MUTED}'>{escape(', '.join(self.tasks) or 'none')}</span></div>"
         )
         return f"<div>{card}<br>{extra}</div>"

@@ -13,6 +13,8 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import EncodeError
 
+from . import cells
+
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
 
@@ -27,6 +29,11 @@ class NotebookTask(Task):
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         for hook in submit_hooks:
             hook(self.app)
+        record = getattr(self, "_celerynb_record", None)
+        if record is not None and not self.app.conf.task_always_eager:
+            # A notebook cell: worker processes fetch this exact version by the header.
+            cells.ship(self.app, record)
+            options["headers"] = {**(options.get("headers") or {}), cells.HEADER: record["version"]}
         try:
             return super().apply_async(args, kwargs, *rest, **options)
         except EncodeError as exc:

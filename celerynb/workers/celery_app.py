@@ -6,9 +6,16 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 
 from celery import Celery
 
-from . import urls
+from . import cells, urls
 
-app = Celery("celerynb", include=["celerynb.workers.tasks"], task_cls="celerynb.workers.base:NotebookTask")
+app = Celery(
+    "celerynb",
+    include=["celerynb.workers.tasks"],
+    task_cls="celerynb.workers.base:NotebookTask",
+    tasks=cells.CellTaskRegistry(),
+)
+cells.install(app)
+cells.register_control_command()
 app.config_from_object("celerynb.workers.settings")
 app.on_configure.connect(urls.on_configure, sender=app, weak=False)
 

@@ -47,6 +47,8 @@ broker_transport_options = {"visibility_timeout": 3600, "polling_interval": 0.1}
 # Workers: task events stay off (each costs a publish); Flower turns them on with
 # ``celery control enable_events``.
 worker_hijack_root_logger = False
+# Accepts tasks registered after start, including shipped notebook cells.
+worker_consumer = "celerynb.workers.consumer:Consumer"
 worker_redirect_stdouts = False
 
 timezone = "UTC"

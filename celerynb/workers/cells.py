@@ -1,0 +1,253 @@
+"""Notebook cells shipped to worker processes: signed, versioned, verified before they compile.
+
+A ``%%celery_task`` cell is stored in the result backend's Redis as a JSON record
+(``celerynb:cell:<version>``) signed with HMAC-SHA256 under the cluster's cell key; each
+message names its version in the ``celerynb_cell`` header. A worker that meets an unknown task
+name makes a stand-in task (:class:`CellTaskRegistry`) which, per message, fetches the
+version, verifies the signature with its own copy of the key, and only then compiles it.
+No key, a bad signature or a missing record: the task fails with the reason, nothing runs.
+Messages stay JSON; pickle is never involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery, Task
+from celery.app.registry import TaskRegistry
+from celery.exceptions import NotRegistered
+
+from .. import config
+
+logger = logging.getLogger("celerynb.cells")
+
+HEADER = "celerynb_cell"
+KEY_ENV = "CELERYNB_CELL_KEY"
+KEY_FILE_ENV = "CELERYNB_CELL_KEY_FILE"
+RECORD_TTL = 7 * 24 * 3600
+_OPTION_ATTRS = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit",
+                 "ignore_result", "acks_late")
+
+
+class CellRefused(RuntimeError):
+    """This worker will not run a shipped cell (no key, bad signature, record missing)."""
+
+
+class CellImportError(ImportError):
+    """A shipped cell imports a module that this worker does not have."""
+
+
+# -- the key -----------------------------------------------------------------------------------
+_process_key: str | None = None
+
+
+def set_process_key(key: str | None) -> None:
+    """The key of a cluster started by this process (the kernel's LocalCluster)."""
+    global _process_key
+    _process_key = key
+
+
+def cell_key() -> str | None:
+    """``CELERYNB_CELL_KEY``, else ``CELERYNB_CELL_KEY_FILE``, else this process's cluster,
+    else the discovery file of a running ``celerynb up``."""
+    key = os.environ.get(KEY_ENV)
+    if key:
+        return key
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        try:
+            return open(path, encoding="utf-8").read().strip() or None
+        except OSError:
+            logger.error("cell key file %s cannot be read", path)
+            return None
+    if _process_key:
+        return _process_key
+    record = config.read_discovery()
+    return record.get("cell_key") if record else None
+
+
+# -- records -----------------------------------------------------------------------------------
+def _canonical(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def make_record(name: str, function: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """An unsigned record; its version is the hash of everything that defines the task."""
+    payload = {"name": name, "function": function, "source": source, "options": options}
+    payload["version"] = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
+    return payload
+
+
+def sign(record: dict[str, Any], key: str) -> dict[str, Any]:
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return {**body, "signature": hmac.new(key.encode(), _canonical(body), hashlib.sha256).hexdigest()}
+
+
+def verify(record: dict[str, Any], key: str) -> bool:
+    body = {k: v for k, v in record.items() if k != "signature"}
+    expected = hmac.new(key.encode(), _canonical(body), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, str(record.get("signature", "")))
+
+
+def record_key(version: str) -> str:
+    return f"celerynb:cell:{version}"
+
+
+def _redis(app: Celery) -> Any:
+    backend = app.backend
+    client = getattr(backend, "client", None)
+    if client is None:
+        raise CellRefused(
+            "Cell tasks on worker processes need a Redis result backend to ship the cell "
+            f"(this app's backend is {type(backend).__name__})."
+        )
+    return client
+
+
+def store(app: Celery, record: dict[str, Any]) -> None:
+    _redis(app).set(record_key(record["version"]), json.dumps(record), ex=RECORD_TTL)
+
+
+def fetch(app: Celery, version: str) -> dict[str, Any] | None:
+    raw = _redis(app).get(record_key(version))
+    return json.loads(raw) if raw else None
+
+
+_shipped: set[tuple[str, str, str]] = set()
+
+
+def ship(app: Celery, record: dict[str, Any]) -> None:
+    """Store the signed record where workers fetch it, once per version, backend and key."""
+    key = cell_key()
+    if not key:
+        return  # worker processes will refuse with a clear reason; in-kernel workers need nothing
+    marker = (record["version"], str(app.conf.result_backend), hashlib.sha256(key.encode()).hexdigest())
+    if marker in _shipped:
+        return
+    store(app, sign(record, key))
+    _shipped.add(marker)
+
+
+# -- the worker side ---------------------------------------------------------------------------
+class _Compiled:
+    def __init__(self, record: dict[str, Any], func: Any) -> None:
+        self.record = record
+        self.func = func
+        self.options = record.get("options", {})
+
+
+_compiled: dict[str, _Compiled] = {}
+_compile_lock = threading.Lock()
+
+
+def load_version(app: Celery, version: str, hostname: str) -> _Compiled:
+    """Fetch, verify and compile one cell version (cached per process)."""
+    cached = _compiled.get(version)
+    if cached is not None:
+        return cached
+    with _compile_lock:
+        if version in _compiled:
+            return _compiled[version]
+        key = cell_key()
+        if not key:
+            raise CellRefused(
+                f"worker {hostname} holds no cell key, so it refuses to run notebook cells: start it "
+                f"with {KEY_ENV} (or {KEY_FILE_ENV}) set to the cluster's key, or via `celerynb up`."
+            )
+        record = fetch(app, version)
+        if record is None:
+            raise CellRefused(f"cell version {version} is not in the store (expired, or sent to another broker).")
+        if record.get("version") != version or not verify(record, key):
+            logger.error("refused cell %s (%s): signature does not verify", record.get("name"), version)
+            raise CellRefused(
+                f"worker {hostname} refused cell {record.get('name')!r}: its signature does not verify "
+                "(tampered record, or a different cluster key)."
+            )
+        namespace: dict[str, Any] = {"__name__": f"notebook_cell_{version[:8]}"}
+        started = time.perf_counter()
+        try:
+            exec(compile(record["source"], f"<notebook cell {record['name']}>", "exec"), namespace)
+        except ModuleNotFoundError as exc:
+            raise CellImportError(
+                f"cell task {record['name']!r} imports {exc.name!r}, which worker {hostname} cannot import: "
+                f"install it where that worker runs."
+            ) from None
+        func = namespace.get(record["function"])
+        if not callable(func):
+            raise CellRefused(f"cell {record['name']!r} does not define {record['function']!r}.")
+        compiled = _Compiled(record, func)
+        _compiled[version] = compiled
+        logger.info("loaded cell %s version %s in %.1f ms", record["name"], version[:8],
+                    (time.perf_counter() - started) * 1e3)
+        return compiled
+
+
+class _CellTask(Task):
+    """Stand-in for a task this worker does not know: runs the shipped cell named in the message."""
+
+    abstract = True
+    typing = False  # arguments are checked by the cell's own function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        version = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)
+        hostname = request.hostname or "this worker"
+        if not version:
+            raise NotRegistered(f"task {self.name!r} is not registered on worker {hostname} (and is no notebook cell).")
+        compiled = load_version(self.app, version, hostname)
+        for attr in _OPTION_ATTRS:
+            if attr in compiled.options:
+                setattr(self, attr, compiled.options[attr])
+        if compiled.options.get("bind"):
+            return compiled.func(self, *args, **kwargs)
+        return compiled.func(*args, **kwargs)
+
+
+class CellTaskRegistry(TaskRegistry):
+    """A task registry that answers unknown names with a :class:`_CellTask` stand-in.
+
+    Only ``registry[name]`` is affected (``in``, ``get`` and iteration are unchanged); the
+    stand-in refuses to run anything that is not a signed notebook cell.
+    """
+
+    app: Celery | None = None
+
+    def __missing__(self, name: str) -> Task:
+        app = self.app
+        if app is None or not isinstance(name, str) or name.startswith("celery."):
+            raise NotRegistered(name)
+        from celery.app.trace import build_tracer
+
+        task_cls = type(name.rsplit(".", 1)[-1], (_CellTask,), {"name": name, "__module__": "notebook",
+                                                              "_celerynb_standin": True})
+        task = task_cls()
+        self[name] = task
+        task.bind(app)
+        task.__trace__ = build_tracer(name, task, app.loader, None, app=app)
+        return task
+
+
+def install(app: Celery) -> None:
+    """Give ``app`` the cell-aware registry (before any task is registered)."""
+    registry = app._tasks
+    if not isinstance(registry, CellTaskRegistry):
+        new = CellTaskRegistry(registry)
+        app._tasks = new
+        registry = new
+    registry.app = app
+
+
+def register_control_command() -> None:
+    """``celerynb_cells``: lets ``%celery status`` ask each worker whether it runs cells."""
+    from celery.worker.control import inspect_command
+
+    @inspect_command()
+    def celerynb_cells(state: Any) -> dict[str, Any]:
+        return {"accepts_cells": bool(cell_key()), "loaded_versions": len(_compiled)}

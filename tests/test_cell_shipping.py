@@ -1,0 +1,128 @@
+"""Cell tasks on separate worker processes: shipped signed, verified, never pickled.
+
+The cluster is ``celerynb up --detach`` with one prefork worker (2 processes) started before
+any cell exists; the shell attaches with ``%celery connect auto --no-workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from celery.result import AsyncResult
+
+from celerynb.workers import cells
+
+
+@pytest.fixture(scope="module")
+def up_cluster():
+    subprocess.run([sys.executable, "-m", "celerynb", "up", "--detach", "--workers", "1", "--concurrency", "2"],
+                   check=True, capture_output=True, text=True, timeout=90)
+    from celerynb import config
+
+    record = config.read_discovery()
+    yield record
+    subprocess.run([sys.executable, "-m", "celerynb", "down"], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def ip(up_cluster, app, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    shell = TerminalInteractiveShell.instance()
+    shell.run_line_magic("load_ext", "celerynb")
+    shell.run_line_magic("celery", "connect auto --no-workers")
+    yield shell
+    shell.run_line_magic("unload_ext", "celerynb")
+    for name in [n for n in list(app.tasks) if n.startswith("notebook.")]:
+        app.tasks.pop(name, None)
+    TerminalInteractiveShell.clear_instance()
+
+
+def test_cell_task_runs_in_worker_process_and_redefinition_takes_effect(ip):
+    ip.run_cell_magic("celery_task", "", "import os\ndef where(x):\n    return {'pid': os.getpid(), 'v': 1, 'x': x}\n")
+    first = ip.user_ns["where"].delay(1).get(timeout=30)
+    assert first["pid"] != os.getpid() and first["v"] == 1
+    ip.run_cell_magic("celery_task", "", "import os\ndef where(x):\n    return {'pid': os.getpid(), 'v': 2, 'x': x}\n")
+    second = ip.user_ns["where"].delay(2).get(timeout=30)
+    assert second["v"] == 2 and second["pid"] != os.getpid()
+
+
+def test_queued_message_keeps_the_version_it_was_sent_with(ip, app):
+    ip.run_cell_magic("celery_task", "", "def version():\n    return 'old'\n")
+    old = ip.user_ns["version"]
+    # A message sent with the old body, then a redefinition before a worker takes it.
+    pending = old.apply_async(countdown=1)
+    ip.run_cell_magic("celery_task", "", "def version():\n    return 'new'\n")
+    assert ip.user_ns["version"].delay().get(timeout=30) == "new"
+    assert pending.get(timeout=30) == "old"
+
+
+def test_bound_cell_task_with_options_retries_on_worker(ip):
+    cell = (
+        "def flaky(self, n):\n"
+        "    if self.request.retries < n:\n"
+        "        raise self.retry(countdown=0.05)\n"
+        "    return self.request.retries\n"
+    )
+    ip.run_cell_magic("celery_task", "--bind --max-retries 5", cell)
+    assert ip.user_ns["flaky"].delay(2).get(timeout=30) == 2
+
+
+def test_tampered_record_is_refused(ip, app):
+    ip.run_cell_magic("celery_task", "", "def honest():\n    return 'honest'\n")
+    task = ip.user_ns["honest"]
+    record = task._celerynb_record
+    cells.ship(app, record)
+    client = app.backend.client
+    stored = json.loads(client.get(cells.record_key(record["version"])))
+    stored["source"] = "def honest():\n    return 'pwned'\n"
+    client.set(cells.record_key(record["version"]), json.dumps(stored))
+    result = task.delay()
+    with pytest.raises(Exception, match="signature does not verify"):
+        result.get(timeout=30)
+    assert AsyncResult(result.id, app=app).state == "FAILURE"
+
+
+def test_missing_module_names_module_and_worker(ip, tmp_path, monkeypatch):
+    (tmp_path / "kernel_only_module.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ip.run_cell_magic("celery_task", "", "import kernel_only_module\ndef uses_it():\n    return kernel_only_module.VALUE\n")
+    with pytest.raises(Exception, match=r"imports 'kernel_only_module', which worker up\d+-1@\S+ cannot import"):
+        ip.user_ns["uses_it"].delay().get(timeout=30)
+
+
+def test_worker_without_key_refuses(ip, up_cluster, tmp_path):
+    ip.run_cell_magic("celery_task", "--queue keyless", "def secret():\n    return 'ran'\n")
+    env = dict(os.environ, CELERY_BROKER_URL=up_cluster["url"], CELERY_RESULT_BACKEND=up_cluster["url"],
+               CELERYNB_RUNTIME_DIR=str(tmp_path / "elsewhere"))
+    env.pop(cells.KEY_ENV, None)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celerynb.workers.celery_app", "worker", "--pool", "solo",
+         "--queues", "keyless", "--hostname", "keyless@%h", "--without-mingle", "--without-gossip",
+         "--logfile", str(tmp_path / "keyless.log")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        with pytest.raises(Exception, match="holds no cell key"):
+            ip.user_ns["secret"].delay().get(timeout=30)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_thousand_calls_spread_over_both_processes(ip):
+    ip.run_cell_magic("celery_task", "", "import os\ndef square(x):\n    return [x * x, os.getpid()]\n")
+    results = [ip.user_ns["square"].delay(i) for i in range(1000)]
+    values = [r.get(timeout=60) for r in results]
+    assert [v[0] for v in values] == [i * i for i in range(1000)]
+    assert len({v[1] for v in values}) == 2
+
+
+def test_status_says_which_workers_accept_cells(ip):
+    text = repr(ip.run_line_magic("celery", "status"))
+    assert "accepts cell tasks" in text
