@@ -10,6 +10,8 @@ import time
 
 from celery import Celery
 
+from . import _spawn
+
 
 class WorkerProcessError(RuntimeError):
     """A worker process exited or did not become ready."""
@@ -30,6 +32,7 @@ class WorkerProcess:
         queues: list[str] | None = None,
         logfile: str | None = None,
         extra_env: dict[str, str] | None = None,
+        detached: bool = False,
     ) -> None:
         self.app_path = app_path
         self.broker_url = broker_url
@@ -40,6 +43,7 @@ class WorkerProcess:
         self.queues = queues
         self.logfile = logfile
         self.extra_env = extra_env or {}
+        self.detached = detached  # False: the worker gets SIGTERM when this process dies
         self.process: subprocess.Popen | None = None
 
     def __repr__(self) -> str:
@@ -71,7 +75,8 @@ class WorkerProcess:
         env["CELERY_BROKER_URL"] = self.broker_url
         env["CELERY_RESULT_BACKEND"] = self.result_backend
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = subprocess.Popen(
+        start = subprocess.Popen if self.detached else _spawn.popen
+        self.process = start(
             self.command(),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import _spawn
 from .config import mask_url
 
 START_TIMEOUT = 10.0
@@ -60,6 +61,8 @@ class EmbeddedServer:
         password: a random one when None.
         persistent: append-only file in ``data_dir`` so queued messages survive a restart.
         data_dir: where the server writes (a temporary directory removed on stop by default).
+        detached: let the server outlive this process (``celerynb up``); by default it gets
+            SIGTERM when this process dies, even by SIGKILL.
     """
 
     host = "127.0.0.1"
@@ -70,6 +73,7 @@ class EmbeddedServer:
         password: str | None = None,
         persistent: bool = False,
         data_dir: str | os.PathLike | None = None,
+        detached: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
@@ -77,6 +81,7 @@ class EmbeddedServer:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
         self.process: subprocess.Popen | None = None
+        self.detached = detached  # True: outlives this process (celerynb up); else dies with it
 
     @property
     def pid(self) -> int | None:
@@ -115,8 +120,9 @@ class EmbeddedServer:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "server.log"),
         ]
+        start = subprocess.Popen if self.detached else _spawn.popen
         try:
-            self.process = subprocess.Popen(
+            self.process = start(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -93,3 +93,27 @@ def test_missing_binary_names_the_fix(monkeypatch):
     monkeypatch.setenv("CELERYNB_SERVER_BINARY", "/nonexistent/valkey-server")
     with pytest.raises(server.ServerError, match="missing.*CELERY_BROKER_URL"):
         server.EmbeddedServer().start()
+
+
+def test_killed_process_takes_its_server_and_worker_processes_along():
+    """A kernel killed by jupyter_client runs no exit hook: the children must die anyway."""
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import wait_for
+
+    code = (
+        "import celerynb, os\n"
+        "c = celerynb.start(workers=1, processes=1)\n"
+        "print(c.server.pid, c.processes[0].pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+
+    def all_gone() -> bool:
+        return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+    wait_for(all_gone, timeout=30, message="server and worker process to exit")
