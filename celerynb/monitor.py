@@ -324,11 +324,16 @@ class TaskMonitor:
         self._moved = False
         next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
         self._reconcile_now = False
+        last_unsub = time.monotonic()
         while not self._stop.is_set() and not self._moved:
             with self._lock:
                 subscribe, self._to_subscribe = list(self._to_subscribe), set()
-                unsubscribe = [t for t in self._to_unsubscribe if t in self._subscribed]
-                self._to_unsubscribe = set()
+                unsubscribe = []
+                # Unsubscribing is housekeeping: batch it (once a second or per 500 ids).
+                if len(self._to_unsubscribe) >= 500 or time.monotonic() - last_unsub >= 1.0:
+                    unsubscribe = [t for t in self._to_unsubscribe if t in self._subscribed]
+                    self._to_unsubscribe = set()
+                    last_unsub = time.monotonic()
             if subscribe:
                 if source.mode == "redis":
                     source.subscribe(subscribe)
@@ -372,8 +377,8 @@ class TaskMonitor:
             chunk = task_ids[start:start + BATCH]
             self.stats["mget_keys"] += len(chunk)
             for tid, payload in zip(chunk, source.read(chunk), strict=True):
-                if payload is None:
-                    continue
+                if payload is None or payload == self._payloads.get(tid):
+                    continue  # absent, or unchanged since the last read: nothing to decode
                 self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
 
 

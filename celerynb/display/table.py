@@ -93,7 +93,9 @@ class TaskTable:
             self.ids.extend(new)
             if len(self.ids) > submitted.maxlen:
                 del self.ids[: len(self.ids) - submitted.maxlen]
-            self.monitor.track(new)
+            # Only the newest ``limit`` tasks are rendered, so only they are followed: a
+            # 5,000-task burst then costs the monitor a few hundred subscriptions, not 5,000.
+            self.monitor.track(new[-self.limit:])
             self._dirty = True
 
     def _on_change(self, snap: TaskSnapshot) -> None:
@@ -107,7 +109,7 @@ class TaskTable:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per shown task (filtered, sorted, at most ``limit``), values as plain data."""
         rows = []
-        for tid in self.ids:
+        for tid in (self.ids[-self.limit:] if self.kernel_wide else self.ids):
             snap = self.monitor.snapshot(tid)
             if self.states is not None and snap.state not in self.states:
                 continue
