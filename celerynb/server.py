@@ -63,6 +63,7 @@ class EmbeddedServer:
         data_dir: where the server writes (a temporary directory removed on stop by default).
         detached: let the server outlive this process (``celerynb up``); by default it gets
             SIGTERM when this process dies, even by SIGKILL.
+        extra_bind: addresses to listen on besides 127.0.0.1 (e.g. for workers on other hosts).
     """
 
     host = "127.0.0.1"
@@ -74,6 +75,7 @@ class EmbeddedServer:
         persistent: bool = False,
         data_dir: str | os.PathLike | None = None,
         detached: bool = False,
+        extra_bind: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.password = password or secrets.token_urlsafe(24)
@@ -82,6 +84,7 @@ class EmbeddedServer:
         self.data_dir = Path(data_dir) if data_dir else None
         self.process: subprocess.Popen | None = None
         self.detached = detached  # True: outlives this process (celerynb up); else dies with it
+        self.extra_bind = list(extra_bind or [])  # more addresses to listen on (still password-only)
 
     @property
     def pid(self) -> int | None:
@@ -110,7 +113,7 @@ class EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             binary,
-            "--bind", self.host,
+            "--bind", self.host, *self.extra_bind,
             "--port", str(self.port),
             "--requirepass", self.password,
             "--protected-mode", "yes",

@@ -126,3 +126,79 @@ def test_thousand_calls_spread_over_both_processes(ip):
 def test_status_says_which_workers_accept_cells(ip):
     text = repr(ip.run_line_magic("celery", "status"))
     assert "accepts cell tasks" in text
+
+
+def _sh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def netns_host():
+    """A second "host": a network namespace joined to this one by a veth pair."""
+    tag = f"{os.getpid() % 100000}"
+    ns, host_if, ns_if = f"cnb{tag}", f"cnbh{tag}", f"cnbn{tag}"
+    net = f"10.213.{os.getpid() % 250}"
+    made = _sh("ip", "netns", "add", ns)
+    if made.returncode != 0:
+        pytest.skip(f"this sandbox refuses `ip netns add`: {made.stderr.strip()}")
+    try:
+        for cmd in (
+            ("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if),
+            ("ip", "link", "set", ns_if, "netns", ns),
+            ("ip", "addr", "add", f"{net}.1/30", "dev", host_if),
+            ("ip", "link", "set", host_if, "up"),
+            ("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", ns_if),
+            ("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up"),
+            ("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"),
+        ):
+            done = _sh(*cmd)
+            if done.returncode != 0:
+                pytest.skip(f"cannot build the test network ({' '.join(cmd)}): {done.stderr.strip()}")
+        yield {"ns": ns, "host_ip": f"{net}.1", "ns_if": ns_if, "host_if": host_if}
+    finally:
+        _sh("ip", "netns", "del", ns)
+        _sh("ip", "link", "del", host_if)
+
+
+def test_worker_on_another_host_runs_cell_tasks(app, netns_host, tmp_path, monkeypatch):
+    """A worker in its own network namespace reaches the broker over a veth pair, as a second
+    machine would, and runs a cell task with the key it was given."""
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    import celerynb
+    from celerynb.server import EmbeddedServer
+
+    key = "k" * 64
+    monkeypatch.setenv(cells.KEY_ENV, key)
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    server = EmbeddedServer(extra_bind=[netns_host["host_ip"]]).start()
+    remote_url = server.url.replace("127.0.0.1", netns_host["host_ip"])
+    worker = None
+    shell = TerminalInteractiveShell.instance()
+    try:
+        celerynb.connect(server.url, workers=False)
+        shell.run_line_magic("load_ext", "celerynb")
+        shell.run_cell_magic(
+            "celery_task", "--queue remote-host",
+            "def interfaces():\n    with open('/proc/net/dev') as f:\n"
+            "        return sorted(line.split(':')[0].strip() for line in f.readlines()[2:])\n",
+        )
+        env = dict(os.environ, CELERY_BROKER_URL=remote_url, CELERY_RESULT_BACKEND=remote_url,
+                   CELERYNB_CELL_KEY=key, CELERYNB_RUNTIME_DIR=str(tmp_path / "remote"))
+        worker = subprocess.Popen(
+            ["ip", "netns", "exec", netns_host["ns"], sys.executable, "-m", "celery", "-A",
+             "celerynb.workers.celery_app", "worker", "--pool", "solo", "--queues", "remote-host",
+             "--hostname", "remote@%h", "--without-mingle", "--without-gossip",
+             "--logfile", str(tmp_path / "remote.log")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        seen = shell.user_ns["interfaces"].delay().get(timeout=60)
+        assert netns_host["ns_if"] in seen and netns_host["host_if"] not in seen
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+        shell.run_line_magic("unload_ext", "celerynb")
+        app.tasks.pop("notebook.interfaces", None)
+        TerminalInteractiveShell.clear_instance()
+        server.stop()
