@@ -1,16 +1,48 @@
 """celerynb: Celery in Jupyter, with an embedded server, in-kernel workers and live progress.
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
-:func:`connect`, the IPython extension (``%load_ext celerynb``).
+:func:`current`, :func:`connect`, :func:`progress`, :class:`TaskTable`, :func:`track`,
+:func:`wait`, :func:`gather`, and the IPython extension (``%load_ext celerynb``).
+
+Worker processes import this package too, so the display parts (IPython, ipywidgets) load
+lazily, on first use of their names.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ._version import __version__
 from .cluster import LocalCluster, current, start, stop
 from .connect import connect
 
-__all__ = ["__version__", "LocalCluster", "start", "stop", "current", "connect"]
+__all__ = [
+    "__version__", "LocalCluster", "start", "stop", "current", "connect",
+    "progress", "TaskTable", "track", "wait", "gather",
+]
+
+_LAZY = {
+    "progress": ("celerynb.display.progress", "progress"),
+    "TaskTable": ("celerynb.display.table", "TaskTable"),
+    "track": ("celerynb.workers.track", "track"),
+    "wait": ("celerynb.results", "wait"),
+    "gather": ("celerynb.results", "gather"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'celerynb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ip) -> None:  # noqa: ANN001 - IPython's signature

@@ -33,6 +33,7 @@ class WorkerProcess:
         logfile: str | None = None,
         extra_env: dict[str, str] | None = None,
         detached: bool = False,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.app_path = app_path
         self.broker_url = broker_url
@@ -44,6 +45,7 @@ class WorkerProcess:
         self.logfile = logfile
         self.extra_env = extra_env or {}
         self.detached = detached  # False: the worker gets SIGTERM when this process dies
+        self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen | None = None
 
     def __repr__(self) -> str:
@@ -68,7 +70,7 @@ class WorkerProcess:
             cmd += ["--queues", ",".join(self.queues)]
         if self.logfile:
             cmd += ["--logfile", self.logfile]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self, app: Celery, timeout: float = 30.0) -> WorkerProcess:
         env = dict(os.environ, **self.extra_env)

@@ -192,8 +192,15 @@ class LocalCluster:
                 worker.add_queue(name)
         return worker
 
-    def add_process(self, concurrency: int = 1, pool: str = "prefork") -> WorkerProcess:
-        """Start one ``celery worker`` process on this cluster's broker (ready when this returns)."""
+    def add_process(
+        self, concurrency: int = 1, pool: str = "prefork", *, extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start one ``celery worker`` process on this cluster's broker (ready when this returns).
+
+        ``extra_args`` go to ``celery worker`` (e.g. ``["--include", "mymodule"]``); ``env`` is
+        added to its environment.
+        """
         if not self.running:
             raise ClusterError("The cluster is stopped: start it first.")
         proc = WorkerProcess(
@@ -205,7 +212,8 @@ class LocalCluster:
             pool=pool,
             queues=self.queues or [q.name for q in self.app.amqp.queues.values()],
             logfile=os.path.join(self.log_dir, f"process-{len(self.processes) + 1}.log"),
-            extra_env={cells.KEY_ENV: cells.cell_key() or ""},
+            extra_env={**(env or {}), cells.KEY_ENV: cells.cell_key() or ""},
+            extra_args=extra_args,
         )
         self.processes.append(proc)
         proc.start(self.app)
@@ -250,6 +258,7 @@ class LocalCluster:
                 proc.stop(timeout)
             self.processes = []
             if self.server is not None:
+                urls.detach_results(self.app)
                 server.stop_shared_server()
                 self.server = None
                 urls.forget(self.app)

@@ -18,7 +18,11 @@ def load(ip: Any) -> None:
         magics = CeleryMagics(ip)
         ip.register_magics(magics)
         ip._celerynb_magics = magics
-    _call_optional("celerynb.display.progress", "register_display_formatters", ip)
+    from .display.formatters import register_display_formatters
+    from .monitor import enable_submit_log
+
+    register_display_formatters(ip)
+    enable_submit_log()  # TaskTable() then lists every task sent from this kernel
     _call_optional("celerynb._asyncio_support", "enable_nested_asyncio")
 
 
@@ -28,7 +32,9 @@ def unload(ip: Any) -> None:
         for name in names:
             registry[kind].pop(name, None)
     ip._celerynb_magics = None
-    _call_optional("celerynb.display.progress", "unregister_display_formatters", ip)
+    from .display.formatters import unregister_display_formatters
+
+    unregister_display_formatters(ip)
 
 
 def _call_optional(module: str, function: str, *args: Any) -> None:

@@ -11,6 +11,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import cell_tasks, cluster, config
+from .display import eager as eager_display
 from .display.status import ClusterStatus, TaskList
 
 
@@ -221,6 +222,7 @@ class CeleryMagics(Magics):
             conf.task_always_eager = True
             conf.task_eager_propagates = False
             conf.task_store_eager_result = True
+            eager_display.enable()
             print("Eager mode on: tasks run synchronously in the cell; results are stored.")
         else:
             if self._saved_eager is not None:
@@ -229,6 +231,7 @@ class CeleryMagics(Magics):
                 self._saved_eager = None
             else:
                 conf.task_always_eager = False
+            eager_display.disable()
             print("Eager mode off: tasks run on workers.")
 
     def _cmd_purge(self, args: argparse.Namespace) -> None:

@@ -229,3 +229,25 @@ def test_connect_auto_uses_celerynb_up_cluster(ip, discovery_cluster):
 
     # No in-kernel worker: the `celerynb up` worker process serves package tasks.
     assert analyze_content.delay("one two").get(timeout=20)["words"] == 2
+
+
+def test_eager_update_state_reaches_the_display_while_the_task_runs(ip, app):
+    cell = (
+        "def halfway(self):\n"
+        "    import time\n"
+        "    from celerynb.display import eager\n"
+        "    self.update_state(state='PROGRESS', meta={'progress': 50, 'status': 'half'})\n"
+        "    deadline = time.monotonic() + 10\n"
+        "    while time.monotonic() < deadline:\n"
+        "        if '50%' in eager.last_display.text():\n"
+        "            return 'seen while running'\n"
+        "        time.sleep(0.01)\n"
+        "    return 'never seen: ' + eager.last_display.text()\n"
+    )
+    ip.run_cell_magic("celery_task", "--bind", cell)
+    with capture_output():
+        ip.run_line_magic("celery", "eager on")
+        try:
+            assert ip.user_ns["halfway"].delay().get() == "seen while running"
+        finally:
+            ip.run_line_magic("celery", "eager off")

@@ -59,6 +59,7 @@ def resolve_into(app: Celery) -> None:
 def apply(app: Celery, broker_url: str, result_backend: str | None, source: str) -> None:
     """Point ``app`` at new URLs and drop every connection and backend made for the old ones."""
     if app.configured and app.conf.broker_url:
+        detach_results(app)
         _drop_pools(app.connection_for_write())
     app.conf.broker_url = broker_url
     app.conf.result_backend = result_backend or None
@@ -67,9 +68,32 @@ def apply(app: Celery, broker_url: str, result_backend: str | None, source: str)
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
+    control = app.__dict__.get("control")
+    if control is not None:  # the mailbox caches the producer pool it first used (inspect/ping)
+        control.mailbox.__dict__.pop("producer_pool", None)
     # The result backend is cached per thread: a fresh thread-local drops it everywhere.
     app._backend_cache = None
     app._local = threading.local()
+
+
+def detach_results(app: Celery) -> None:
+    """Let go of the result backend's pub/sub subscriptions before its server goes away.
+
+    Every ``AsyncResult`` unsubscribes when garbage-collected; against a stopped server that
+    retries, then prints "Retry limit exceeded" from ``__del__`` (at exit, in a later cell).
+    """
+    backend = app._backend
+    consumer = getattr(backend, "result_consumer", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    if consumer is None or pubsub is None:
+        return
+    consumer._pubsub = None
+    consumer.subscribed_to.clear()
+    consumer._pending_unsubscribe.clear()
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - the server may be gone already
+        pass
 
 
 def _drop_pools(connection: object) -> None:
