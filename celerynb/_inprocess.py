@@ -18,6 +18,7 @@ from celery.result import _set_task_join_will_block
 from celery.utils.nodenames import anon_nodename
 from celery.worker import WorkController, state
 from celery.worker.consumer import Consumer
+from kombu.asynchronous import set_event_loop
 
 from .workers.consumer import Consumer as _NotebookConsumer
 
@@ -75,6 +76,10 @@ class InProcessWorker:
         # Pool threads look the app up through current_app, which falls back to the default.
         app.set_current()
         app.set_default()
+        # Each worker gets its own event loop. kombu keeps one process-wide by default, so two
+        # workers would share it, and one ending late (a warm stop waiting on a task) would
+        # close it under the next cluster's worker.
+        set_event_loop(None)
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
@@ -133,23 +138,26 @@ class InProcessWorker:
 def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exit: bool = False) -> list[str]:
     """Stop all in-process workers together; return the ids of tasks that were still running.
 
-    Celery's stop flag is process-wide, so every in-process worker stops at once. ``timeout``
-    bounds the whole stop, not each worker. At interpreter exit the threads are daemons: they
-    are only given the chance to finish, never waited on past the deadline.
+    Celery's stop flag is process-wide, so every in-process worker stops at once. The stop is
+    warm: consuming ends at once and running tasks may finish until ``timeout`` (which bounds
+    the whole stop, not each worker); tasks still running then are returned, their threads
+    left to end on their own. At interpreter exit the stop is cold: tasks are not waited for.
     """
-    running = [req.id for req in list(state.active_requests)]
     live = [w for w in workers if w.alive]
     deadline = time.monotonic() + timeout
     if live:
-        state.should_terminate = 0
+        if at_exit:
+            state.should_terminate = 0
+        else:
+            state.should_stop = 0
         for worker in live:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
     for worker in workers:
-        if worker.alive and worker.controller is not None and not at_exit:
-            # A task outlived the timeout: stop this consumer explicitly so it does not go on
-            # consuming once the global flag is reset below.
+        if worker.alive and worker.controller is not None and not at_exit and _still_consuming(worker.controller):
+            # It never saw the flag: stop it explicitly (cold, so that this does not wait on a
+            # task) before the flag is reset below.
             try:
-                worker.controller.stop(in_sighandler=False, exitcode=0)
+                worker.controller.terminate(in_sighandler=False)
             except Exception:  # noqa: BLE001
                 logger.debug("explicit stop of %s failed", worker.hostname, exc_info=True)
         if worker.controller is not None:
@@ -158,4 +166,11 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
     if not at_exit:
         state.should_terminate = None
         state.should_stop = None
-    return [tid for tid in running if tid in still]
+    return still
+
+
+def _still_consuming(controller: WorkController) -> bool:
+    from celery.bootsteps import RUN
+
+    blueprint = getattr(controller, "blueprint", None)
+    return blueprint is not None and blueprint.state == RUN
