@@ -147,3 +147,34 @@ def in_celery_command() -> bool:
     return prog in ("celery", "__main__.py") and any(
         cmd in sys.argv for cmd in ("worker", "beat", "inspect", "flower", "events", "control", "status")
     )
+
+
+_TRUE = ("1", "true", "yes", "on")
+#: Seconds a progress wait blocks, in non-interactive runs, when the caller gave no timeout.
+NONINTERACTIVE_WAIT_TIMEOUT = 600.0
+
+
+def noninteractive() -> bool:
+    """True in CI (``CI=true``, set by GitHub Actions, GitLab, ...) or with ``CELERYNB_NONINTERACTIVE=1``.
+
+    Displays are then text only and deterministic, and waits are bounded, so that a notebook run
+    by nbval, nbmake, papermill or nbconvert neither hangs nor differs between runs. An explicit
+    ``CELERYNB_NONINTERACTIVE=0`` wins over ``CI`` (e.g. a browser test inside CI).
+    """
+    own = os.environ.get("CELERYNB_NONINTERACTIVE", "").strip().lower()
+    if own:
+        return own in _TRUE
+    return os.environ.get("CI", "").strip().lower() in _TRUE
+
+
+def default_wait_timeout() -> float | None:
+    """Timeout for a wait that was given none: ``CELERYNB_WAIT_TIMEOUT`` seconds, else
+    :data:`NONINTERACTIVE_WAIT_TIMEOUT` in non-interactive runs, else no limit."""
+    value = os.environ.get("CELERYNB_WAIT_TIMEOUT", "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"CELERYNB_WAIT_TIMEOUT={value!r} is not a number of seconds, e.g. 300.") from None
+        return seconds if seconds > 0 else None
+    return NONINTERACTIVE_WAIT_TIMEOUT if noninteractive() else None

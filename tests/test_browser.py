@@ -46,7 +46,7 @@ def lab(tmp_path):
     )
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ)
-    env.pop("CELERYNB_NONINTERACTIVE", None)  # the kernel must render widgets
+    env["CELERYNB_NONINTERACTIVE"] = "0"  # the kernel must render widgets, even under CI=true
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",

@@ -241,7 +241,7 @@ def run_notebook(name, tmp_path, interactive):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     env = dict(os.environ)  # CELERYNB_RUNTIME_DIR stays the test session's
     if interactive:
-        env.pop("CELERYNB_NONINTERACTIVE", None)
+        env["CELERYNB_NONINTERACTIVE"] = "0"  # widgets even under CI=true (.ci/run sets it)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env=env, cwd=str(tmp_path))  # shuts the kernel down at the end
     nbformat.write(nb, tmp_path / name)

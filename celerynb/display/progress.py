@@ -6,7 +6,6 @@ else. Both follow the shared monitor, so no display polls anything by itself.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery
@@ -19,8 +18,11 @@ from .text import TextProgress
 
 
 def widgets_available() -> bool:
-    """Widgets render only in a kernel with ipywidgets, unless ``CELERYNB_NONINTERACTIVE=1``."""
-    if os.environ.get("CELERYNB_NONINTERACTIVE", "").lower() in ("1", "true", "yes"):
+    """Widgets render only in a kernel with ipywidgets, and never in CI (``CI=true``) or with
+    ``CELERYNB_NONINTERACTIVE=1`` (see :func:`celerynb.config.noninteractive`)."""
+    from ..config import noninteractive
+
+    if noninteractive():
         return False
     ip = ipython()
     if ip is None or getattr(ip, "kernel", None) is None:
