@@ -40,7 +40,8 @@ def connect(url: str = "auto", *, backend: str | None = None, workers: bool = Tr
     if backend and backend != url:
         connectivity.check(backend)
     cluster.stop()
-    app.conf.broker_url  # noqa: B018 - load configuration before overriding it
+    # No configuration read before apply(): with nothing configured, it would start the
+    # embedded server only to leave it unused.
     urls.apply(app, url, backend, source)
     if workers:
         return cluster.LocalCluster(app, **cluster_options).start()

@@ -1,0 +1,212 @@
+"""Configuration resolution (environment -> discovery file -> embedded) and password masking."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from celery import Celery
+
+from celerynb import config, connectivity, server
+from celerynb.workers import urls
+
+BROKER_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """A private runtime dir and no broker variables."""
+    monkeypatch.setenv("CELERYNB_RUNTIME_DIR", str(tmp_path / "runtime"))
+    for var in BROKER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "runtime"
+
+
+@pytest.fixture
+def private_server():
+    srv = server.EmbeddedServer().start()
+    yield srv
+    srv.stop()
+
+
+def _fresh_app() -> Celery:
+    """Configured the way ``celerynb.workers.celery_app`` is: resolved on first configuration read."""
+    app = Celery("config-test")
+    app.config_from_object("celerynb.workers.settings")
+    app.on_configure.connect(urls.on_configure, sender=app, weak=False)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://user:s3cret@host:6379/2", "redis://user:***@host:6379/2"),
+        ("rediss://default:p%40ss@example.com:6380/0", "rediss://default:***@example.com:6380/0"),
+        ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:***@127.0.0.1:5672//"),
+        ("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("memory://", "memory://"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_mask_url(url, masked):
+    assert config.mask_url(url) == masked
+
+
+def test_mask_text_masks_every_url_in_a_message():
+    text = "Cannot reach redis://:aaa@h:1/0 nor amqp://u:bbb@h:5672//; giving up"
+    masked = config.mask_text(text)
+    assert "aaa" not in masked and "bbb" not in masked
+    assert "redis://:***@h:1/0" in masked and "amqp://u:***@h:5672//" in masked
+
+
+def test_resolved_repr_masks_the_password():
+    resolved = config.Resolved("redis://:topsecret@h:1/0", "redis://:topsecret@h:1/0", "env")
+    assert "topsecret" not in repr(resolved) and "***" in repr(resolved)
+
+
+@pytest.mark.parametrize(
+    ("env", "broker", "backend"),
+    [
+        ({"CELERY_BROKER_URL": "redis://h:1/0"}, "redis://h:1/0", "redis://h:1/0"),
+        ({"CELERY_BROKER_URL": "amqp://g:g@h//"}, "amqp://g:g@h//", ""),
+        ({"REDIS_URL": "redis://h:2/0"}, "redis://h:2/0", "redis://h:2/0"),
+        ({"CELERY_RESULT_BACKEND": "redis://h:3/1"}, "redis://h:3/1", "redis://h:3/1"),
+        (
+            {"CELERY_BROKER_URL": "amqp://g:g@h//", "CELERY_RESULT_BACKEND": "redis://h:3/1"},
+            "amqp://g:g@h//",
+            "redis://h:3/1",
+        ),
+        ({"CELERY_BROKER_URL": "redis://h:1/0", "REDIS_URL": "redis://other:2/0"}, "redis://h:1/0", "redis://other:2/0"),
+    ],
+)
+def test_environment_variables(runtime, monkeypatch, env, broker, backend):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    found = config.resolve()
+    assert (found.broker_url, found.result_backend, found.source) == (broker, backend, "env")
+
+
+def test_nothing_configured_means_embedded(runtime):
+    assert config.from_environment() is None
+    assert config.resolve() is None
+
+
+def test_discovery_file_is_private_atomic_and_found(runtime, monkeypatch):
+    monkeypatch.setattr(os, "umask", os.umask)  # restored below whatever happens
+    old = os.umask(0o000)  # the most permissive umask must not leak the password
+    try:
+        path = config.write_discovery({"url": "redis://:pw@127.0.0.1:1/0", "server_pid": os.getpid(), "up_pid": 1})
+    finally:
+        os.umask(old)
+    assert path == runtime / config.DISCOVERY_FILENAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(runtime.stat().st_mode) & 0o077 == 0
+    assert not list(runtime.glob("*.tmp"))
+    found = config.resolve()
+    assert (found.broker_url, found.source) == ("redis://:pw@127.0.0.1:1/0", "discovery")
+
+
+def test_environment_wins_over_discovery(runtime, monkeypatch):
+    config.write_discovery({"url": "redis://:pw@127.0.0.1:1/0", "server_pid": os.getpid(), "up_pid": 1})
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://elsewhere:6379/0")
+    assert config.resolve().source == "env"
+
+
+def test_stale_or_broken_discovery_file_is_ignored(runtime):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    config.write_discovery({"url": "redis://:pw@127.0.0.1:1/0", "server_pid": dead.pid, "up_pid": dead.pid})
+    assert config.read_discovery() is None and config.resolve() is None
+    config.discovery_path().write_text("{not json")
+    assert config.read_discovery() is None
+    config.discovery_path().write_text("[1, 2]")
+    assert config.read_discovery() is None
+
+
+def test_remove_discovery_only_removes_its_own(runtime):
+    config.write_discovery({"url": "redis://h:1/0", "server_pid": os.getpid(), "up_pid": 111})
+    config.remove_discovery(expected_pid=222)
+    assert config.discovery_path().exists()
+    config.remove_discovery(expected_pid=111)
+    assert not config.discovery_path().exists()
+    config.remove_discovery()  # nothing there: no error
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/celery", "-A", "app", "worker"], True),
+        (["/usr/lib/python3/site-packages/celery/__main__.py", "-A", "app", "beat"], True),
+        (["/venv/bin/celery", "-A", "app", "inspect", "ping"], True),
+        (["/venv/bin/ipykernel_launcher.py", "-f", "kernel.json"], False),
+        (["/venv/bin/celerynb", "up"], False),
+        (["script.py", "worker"], False),
+    ],
+)
+def test_in_celery_command(monkeypatch, argv, expected):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert config.in_celery_command() is expected
+
+
+# -- resolution into a Celery app ---------------------------------------------------------------
+def test_app_resolves_from_environment_and_checks_the_broker(runtime, monkeypatch, private_server):
+    monkeypatch.setenv("CELERY_BROKER_URL", private_server.url)
+    app = _fresh_app()
+    assert app.conf.task_serializer == "json"  # the first configuration read resolves
+    assert urls.source_of(app) == "env"
+    assert app.conf.broker_url == app.conf.result_backend == private_server.url
+
+
+def test_connect_to_explicit_url_starts_no_embedded_server(runtime, private_server):
+    """A fresh process that connects elsewhere must not start a server it will never use."""
+    code = (
+        "import celerynb, sys\n"
+        "from celerynb import server\n"
+        "celerynb.connect(sys.argv[1], workers=False)\n"
+        "print(server.shared_server(start=False))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, private_server.url], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+
+
+def test_app_resolves_from_discovery(runtime, private_server):
+    config.write_discovery({"url": private_server.url, "server_pid": private_server.pid, "up_pid": 1})
+    app = _fresh_app()
+    urls.resolve_into(app)
+    assert urls.source_of(app) == "discovery" and app.conf.broker_url == private_server.url
+
+
+def test_forget_then_resolve_again_follows_a_changed_environment(runtime, monkeypatch, private_server):
+    app = _fresh_app()
+    monkeypatch.setenv("REDIS_URL", private_server.url)
+    urls.resolve_into(app)
+    assert urls.source_of(app) == "env"
+    monkeypatch.delenv("REDIS_URL")
+    config.write_discovery({"url": private_server.url.replace("/0", "/1"), "server_pid": private_server.pid, "up_pid": 1})
+    urls.resolve_into(app)  # already resolved: unchanged
+    assert app.conf.broker_url == private_server.url
+    urls.forget(app)
+    urls.resolve_into(app)
+    assert urls.source_of(app) == "discovery" and app.conf.broker_url.endswith("/1")
+
+
+def test_unreachable_environment_url_raises_on_resolution(runtime, monkeypatch):
+    url = f"redis://:pw-in-url@127.0.0.1:{server.free_port()}/0"
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    app = _fresh_app()
+    with pytest.raises(connectivity.BrokerUnreachable, match=r"redis://:\*\*\*@127\.0\.0\.1:\d+/0"):
+        urls.resolve_into(app)
+    assert urls.source_of(app) is None  # a later attempt resolves again
+
+
+def test_connectivity_check_accepts_empty_and_unknown_schemes():
+    connectivity.check("")
+    connectivity.check("memory://")
