@@ -15,7 +15,7 @@ import tempfile
 import threading
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from . import config, server
 from ._inprocess import InProcessWorker, stop_workers
@@ -29,9 +29,10 @@ _lock = threading.RLock()
 
 
 def default_app() -> Celery:
-    from .workers.celery_app import app
+    """The app in use: celerynb's own unless ``celerynb.use()`` chose another."""
+    from .apps import current_app
 
-    return app
+    return current_app()
 
 
 class ClusterError(RuntimeError):
@@ -122,10 +123,17 @@ class LocalCluster:
             return self
 
     def _ensure_broker(self) -> None:
+        from . import apps
+
         app = self.app
         app.conf.broker_url  # noqa: B018 - the first read resolves the URLs
         if urls.source_of(app) is None:
-            urls.resolve_into(app)
+            if apps.saved_settings(app) is not None:
+                apps._make_local(app)  # `use(app, local=True)` whose server was stopped since
+            elif urls.is_managed(app):
+                urls.resolve_into(app)
+            else:
+                urls.mark(app, "app")  # a user's app keeps its own broker
         if urls.source_of(app) == "embedded":
             running = server.shared_server(start=False)
             if running is None or running.url != app.conf.broker_url:
@@ -336,7 +344,9 @@ def _host() -> str:
 
 
 def _app_path(app: Celery) -> str:
-    if app is default_app():
+    from .apps import celerynb_app
+
+    if app is celerynb_app():
         return "celerynb.workers.celery_app"
     main = getattr(app, "_celerynb_import_path", None)
     if main:
@@ -383,6 +393,20 @@ def _on_submit(app: Celery) -> None:
                 LocalCluster(app).start()
 
 
+def _on_publish(sender: Any = None, **_: Any) -> None:
+    """``before_task_publish``: the same on-demand start for a user's app switched to local."""
+    from .apps import celerynb_app, current_app
+
+    app = current_app()
+    if app is celerynb_app() or urls.source_of(app) != "embedded" or not _auto_start_enabled():
+        return
+    if app.current_worker_task is not None or sender not in app.tasks:
+        return
+    with _lock:
+        if current() is None:
+            LocalCluster(app).start()
+
+
 def _auto_start_enabled() -> bool:
     return os.environ.get("CELERYNB_AUTOSTART", "1") not in ("0", "false", "no")
 
@@ -417,3 +441,4 @@ def _register_exit_hooks() -> None:
 
 
 base.submit_hooks.append(_on_submit)
+signals.before_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-autostart")

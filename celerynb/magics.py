@@ -16,7 +16,9 @@ from .display.status import ClusterStatus, TaskList
 
 
 def _current_app():
-    return cluster.default_app()
+    from .apps import current_app
+
+    return current_app()
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -64,6 +66,10 @@ def _celery_parser() -> _ArgumentParser:
     eager.add_argument("mode", choices=("on", "off"))
     purge = sub.add_parser("purge", help="remove waiting messages from a queue (default: every queue)")
     purge.add_argument("queue", nargs="?", default=None)
+    use = sub.add_parser("use", help="work with another Celery app (the lookup rules of `celery -A`)")
+    use.add_argument("app", nargs="?", help="proj, proj.celery or proj.celery:app")
+    use.add_argument("--local", action="store_true", help="point its broker and backend at the embedded server")
+    use.add_argument("--restore", action="store_true", help="give it back its own broker and backend")
     tasks = sub.add_parser("tasks", help="list registered tasks (notebook and package)")
     tasks.add_argument("--live", action="store_true", help="a live table of the tasks submitted from here")
     return parser
@@ -152,6 +158,8 @@ class CeleryMagics(Magics):
           %celery eager on|off               run tasks synchronously in the cell
           %celery purge [QUEUE]              drop waiting messages, reports how many
           %celery tasks [--live]             registered tasks / live table of submitted tasks
+          %celery use APP [--local]          work with your own app (proj, proj.celery, proj.celery:app)
+          %celery use --restore              give that app back its own broker and backend
 
         ``%celery SUBCOMMAND --help`` prints the options of one subcommand.
         """
@@ -161,7 +169,9 @@ class CeleryMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"%celery: {exc}.") from None
         if not words:
-            raise UsageError("%celery: missing subcommand: status, start, stop, restart, connect, eager, purge or tasks.")
+            raise UsageError(
+                "%celery: missing subcommand: status, start, stop, restart, connect, eager, purge, tasks or use."
+            )
         try:
             args = parser.parse_args(words)
         except _HelpShown:
@@ -241,6 +251,24 @@ class CeleryMagics(Magics):
         removed = purge(app, args.queue)
         where = f"queue {args.queue!r}" if args.queue else "all queues"
         print(f"Removed {removed} message(s) from {where}.")
+
+    def _cmd_use(self, args: argparse.Namespace) -> ClusterStatus:
+        from . import apps
+
+        try:
+            if args.restore:
+                if args.app or args.local:
+                    raise UsageError("%celery use --restore takes no app and no --local.")
+                app = apps.restore()
+            elif not args.app:
+                raise UsageError("%celery use: name an app, e.g. %celery use proj.celery:app [--local].")
+            else:
+                app = apps.use(args.app, local=args.local)
+        except (apps.AppNotFound, ValueError) as exc:
+            raise UsageError(f"%celery use: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the project's own import errors
+            raise UsageError(f"%celery use: {type(exc).__name__}: {config.mask_text(str(exc))}") from None
+        return ClusterStatus(app, cluster.current())
 
     def _cmd_tasks(self, args: argparse.Namespace) -> Any:
         if args.live:

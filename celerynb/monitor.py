@@ -123,7 +123,11 @@ class TaskMonitor:
 
     # -- public API ------------------------------------------------------------------------
     def track(self, task_ids: Iterable[str]) -> None:
-        """Start following ``task_ids`` (subscribe first, then read the keys once); cheap and idempotent."""
+        """Start following ``task_ids`` (subscribe first, then read the keys once); cheap and idempotent.
+
+        Raises :class:`BackendNotObservable` when the app's result backend cannot be read from here.
+        """
+        check_observable(self.app)
         fresh = []
         with self._lock:
             for tid in task_ids:
@@ -481,6 +485,29 @@ class _Source:
                 pass
 
 
+class BackendNotObservable(ValueError):
+    """The app's result backend keeps task states where this process cannot read them."""
+
+
+def check_observable(app: Celery) -> None:
+    """Say in one sentence why states cannot be followed, instead of a bar stuck at PENDING."""
+    from celery.backends.base import DisabledBackend
+    from celery.backends.rpc import RPCBackend
+
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        raise BackendNotObservable(
+            f"The app {app.main!r} has no result backend (result_backend is not set), so task states "
+            "cannot be observed: set result_backend (e.g. redis://...) or use `%celery use APP --local`."
+        )
+    if isinstance(backend, RPCBackend):
+        raise BackendNotObservable(
+            f"The app {app.main!r} uses the rpc:// result backend, which sends each state only to the "
+            "client that sent the task, as a one-time message: use a Redis or database result backend "
+            "to follow tasks here (result.get() still works for tasks sent from this kernel)."
+        )
+
+
 _monitors: dict[int, TaskMonitor] = {}
 _registry_lock = threading.Lock()
 
@@ -488,9 +515,9 @@ _registry_lock = threading.Lock()
 def get_monitor(app: Celery | None = None) -> TaskMonitor:
     """The monitor of ``app`` (celerynb's app by default): one per app per process."""
     if app is None:
-        from .cluster import default_app
+        from .apps import current_app
 
-        app = default_app()
+        app = current_app()
     with _registry_lock:
         monitor = _monitors.get(id(app))
         if monitor is None or monitor.app is not app or monitor._pid != os.getpid():

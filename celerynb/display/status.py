@@ -25,7 +25,7 @@ def _mode(app: Celery, cluster: Any) -> str:
     if cluster is not None and cluster.workers:
         return f"in-kernel workers ({source})"
     return {"embedded": "embedded", "discovery": "celerynb up cluster", "env": "external (environment)",
-            "explicit": "external"}.get(source or "", "not started")
+            "explicit": "external", "app": "the app's own broker"}.get(source or "", "not started")
 
 
 class ClusterStatus:
@@ -34,7 +34,7 @@ class ClusterStatus:
     def __init__(self, app: Celery, cluster: Any) -> None:
         self.app = app
         self.mode = _mode(app, cluster)
-        self.status = cluster.status() if cluster is not None else None
+        self.status = cluster.status() if cluster is not None and cluster.app is app else None
         if self.status is None and urls.source_of(app):
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
@@ -53,13 +53,15 @@ class ClusterStatus:
     def __repr__(self) -> str:
         s = self.status or {}
         if not s.get("running"):
-            lines = ["celerynb: no local cluster in this kernel (it starts on first use, or with %celery start)"]
+            lines = ["celerynb: no local cluster in this kernel (it starts on first use, or with %celery start)",
+                     f"app:     {self.app.main}"]
             if s.get("broker"):
                 lines.append(f"broker:  {s['broker']}")
             lines.append(f"mode:    {self.mode}")
         else:
             lines = [
                 "celerynb cluster",
+                f"app:     {self.app.main}",
                 f"broker:  {s['broker']}",
                 f"mode:    {self.mode}",
                 "workers: " + (", ".join(

@@ -14,6 +14,7 @@ app = Celery(
     task_cls="celerynb.workers.base:NotebookTask",
     tasks=cells.CellTaskRegistry(),
 )
+app._celerynb_managed = True  # its URLs are resolved by celerynb (see urls.py)
 cells.install(app)
 cells.register_control_command()
 app.config_from_object("celerynb.workers.settings")

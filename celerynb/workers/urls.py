@@ -6,6 +6,7 @@ defining tasks starts nothing: the embedded server starts when the app is first 
 
 from __future__ import annotations
 
+import os
 import threading
 
 from celery import Celery
@@ -61,9 +62,15 @@ def apply(app: Celery, broker_url: str, result_backend: str | None, source: str)
     if app.configured and app.conf.broker_url:
         detach_results(app)
         _drop_pools(app.connection_for_write())
+    # Marked first: the first write can load the configuration, and its on_configure receiver
+    # must then see the app as resolved, not start an embedded server of its own.
+    app._celerynb_source = source
     app.conf.broker_url = broker_url
     app.conf.result_backend = result_backend or None
-    app._celerynb_source = source
+    for name, value in (("CELERY_BROKER_URL", broker_url), ("CELERY_RESULT_BACKEND", result_backend)):
+        # Celery lets these environment variables win over any setting.
+        if os.environ.get(name) and value and os.environ[name] != value:
+            os.environ[name] = value
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
@@ -110,6 +117,16 @@ def _drop_pools(connection: object) -> None:
                 pool.force_close_all()
             except Exception:  # noqa: BLE001 - the old server may be gone already
                 pass
+
+
+def mark(app: Celery, source: str) -> None:
+    """Record where an app's URLs come from without changing them (a user's own settings: ``app``)."""
+    app._celerynb_source = source
+
+
+def is_managed(app: Celery) -> bool:
+    """True for apps whose URLs celerynb resolves (celerynb's own app)."""
+    return bool(getattr(app, "_celerynb_managed", False))
 
 
 def forget(app: Celery) -> None:
