@@ -1,7 +1,7 @@
 """celerynb: Celery in Jupyter, with an embedded server, in-kernel workers and live progress.
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
-:func:`current`, :func:`connect`, :func:`progress`, :class:`TaskTable`, :func:`track`,
+:func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`track`,
 :func:`wait`, :func:`gather`, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
+from .apps import restore, use
 from .cluster import LocalCluster, current, start, stop
 from .connect import connect
 
 __all__ = [
-    "__version__", "LocalCluster", "start", "stop", "current", "connect",
+    "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
     "progress", "TaskTable", "track", "wait", "gather",
 ]
 
