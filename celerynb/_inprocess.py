@@ -85,7 +85,9 @@ class InProcessWorker:
             hostname=self.hostname,
             pool_cls=self.pool,
             concurrency=self.concurrency,
-            queues=self.queues,
+            # Explicit names: the worker narrows the app's shared Queues to what it is given,
+            # and a later worker started with None would inherit that narrowing.
+            queues=self.queues or list(app.amqp.queues.keys()),
             consumer_cls=_NotebookConsumer,
             loglevel=self.loglevel,
             logfile=self.logfile,
