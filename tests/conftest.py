@@ -157,3 +157,13 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nFAILED: the test session left processes running: {desc}", file=sys.stderr)
         session.exitstatus = 1
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+def new_shell():
+    """A real TerminalInteractiveShell without on-disk history (its IPYTHONDIR is temporary)."""
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    return TerminalInteractiveShell.instance(config=config)

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 from celery.result import AsyncResult
+from conftest import new_shell
 
 from celerynb.workers import cells
 
@@ -33,7 +34,7 @@ def ip(up_cluster, app, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-    shell = TerminalInteractiveShell.instance()
+    shell = new_shell()
     shell.run_line_magic("load_ext", "celerynb")
     shell.run_line_magic("celery", "connect auto --no-workers")
     yield shell
@@ -174,7 +175,7 @@ def test_worker_on_another_host_runs_cell_tasks(app, netns_host, tmp_path, monke
     server = EmbeddedServer(extra_bind=[netns_host["host_ip"]]).start()
     remote_url = server.url.replace("127.0.0.1", netns_host["host_ip"])
     worker = None
-    shell = TerminalInteractiveShell.instance()
+    shell = new_shell()
     try:
         celerynb.connect(server.url, workers=False)
         shell.run_line_magic("load_ext", "celerynb")

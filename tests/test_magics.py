@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import new_shell
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -17,7 +18,7 @@ def ip(app, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-    shell = TerminalInteractiveShell.instance()
+    shell = new_shell()
     shell.run_line_magic("load_ext", "celerynb")
     yield shell
     shell.run_line_magic("unload_ext", "celerynb")
