@@ -19,6 +19,8 @@ def notebook_tasks(app: Celery) -> list[Any]:
 
 
 def _mode(app: Celery, cluster: Any) -> str:
+    if not app.configured:  # reading settings would resolve the broker (start the server)
+        return "not started"
     if app.conf.task_always_eager:
         return "eager (tasks run in the cell)"
     source = urls.source_of(app)
@@ -93,6 +95,11 @@ class ClusterStatus:
         return f"<div>{card}<br>{extra}</div>"
 
 
+def _from_notebook(task: Any) -> bool:
+    """A ``%%celery_task`` cell, or a plain ``@app.task`` defined in the notebook itself."""
+    return hasattr(task, "_celerynb_source") or type(task).__module__ in ("__main__", "notebook")
+
+
 class TaskList:
     """Registered tasks of an app: notebook tasks first, then package tasks; Celery's own hidden."""
 
@@ -100,8 +107,8 @@ class TaskList:
         app.loader.import_default_modules()  # the app's ``include`` modules define its tasks
         tasks = [t for name, t in sorted(app.tasks.items()) if not name.startswith("celery.")]
         self.rows = [
-            (t.name, "notebook" if hasattr(t, "_celerynb_source") else "package", getattr(t, "queue", None) or "default")
-            for t in sorted(tasks, key=lambda t: (not hasattr(t, "_celerynb_source"), t.name))
+            (t.name, "notebook" if _from_notebook(t) else "package", getattr(t, "queue", None) or "default")
+            for t in sorted(tasks, key=lambda t: (not _from_notebook(t), t.name))
         ]
 
     def __repr__(self) -> str:
