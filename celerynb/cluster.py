@@ -126,6 +126,8 @@ class LocalCluster:
         from . import apps
 
         app = self.app
+        if self.persistent and urls.source_of(app) is None and config.resolve() is None:
+            server.shared_server(persistent=True)  # else resolving would start a plain one
         app.conf.broker_url  # noqa: B018 - the first read resolves the URLs
         if urls.source_of(app) is None:
             if apps.saved_settings(app) is not None:

@@ -34,6 +34,12 @@ _LISTEN_TIMEOUT = 0.02
 
 Listener = Callable[["TaskSnapshot"], None]
 
+#: Not a Celery state: a task queued or unseen when the server restarted without persistence.
+#: Its message is gone, so it will never run: displays end instead of waiting forever.
+LOST = "LOST"
+LOST_INFO = ("the server restarted without persistence and this task's message was lost: "
+             "submit it again (LocalCluster(persistent=True) keeps queued tasks across restarts)")
+
 
 @dataclass(frozen=True)
 class TaskSnapshot:
@@ -54,10 +60,11 @@ class TaskSnapshot:
     date_done: str | None = None
     received_at: float = 0.0
     traceback: str | None = None
+    redeliveries: int = 0
 
     @property
     def ready(self) -> bool:
-        return self.state in states.READY_STATES
+        return self.state in states.READY_STATES or self.state == LOST
 
     @classmethod
     def from_meta(cls, task_id: str, meta: dict[str, Any] | None) -> TaskSnapshot:
@@ -78,6 +85,12 @@ class TaskSnapshot:
             received_at=now,
             traceback=meta.get("traceback"),
         )
+
+
+def replace_state(snap: TaskSnapshot, state: str, info: Any) -> TaskSnapshot:
+    from dataclasses import replace
+
+    return replace(snap, state=state, info=info, received_at=time.monotonic())
 
 
 def _text(value: Any) -> str | None:
@@ -116,6 +129,10 @@ class TaskMonitor:
         self._moved = False
         self._url: str | None = None
         self.mode: str | None = None  # "redis" or "poll", known once the thread connected
+        #: False while the result backend cannot be reached (displays say "disconnected").
+        self.connected = True
+        self._server_run: tuple[str, str] | None = None  # (backend URL, server run id)
+        self._workers_of: dict[str, tuple[Any, Any]] = {}
         self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0}
 
     def __repr__(self) -> str:
@@ -250,6 +267,7 @@ class TaskMonitor:
                     return
                 if payload is None and old.state == snap.state and old.info == snap.info:
                     return
+            snap = self._count_redelivery(old, snap)
             self._snapshots[tid] = snap
             self._payloads[tid] = payload
             if snap.ready and tid in self._unfinished:
@@ -262,6 +280,24 @@ class TaskMonitor:
                 callback(snap)
             except Exception:  # noqa: BLE001 - one broken display must not stop the others
                 logger.exception("celerynb monitor listener failed")
+
+    def _count_redelivery(self, old: TaskSnapshot, snap: TaskSnapshot) -> TaskSnapshot:
+        """A second STARTED from another worker process (not after a RETRY) is a redelivery,
+        e.g. after a worker crash with ``acks_late``: count it so displays can show it."""
+        count = old.redeliveries
+        if snap.state == states.STARTED and isinstance(snap.info, dict):
+            who = (snap.info.get("hostname"), snap.info.get("pid"))
+            before = self._workers_of.get(snap.task_id)
+            self._workers_of[snap.task_id] = who
+            if before is not None and before != who and old.state != states.RETRY:
+                count += 1
+        elif snap.ready:
+            self._workers_of.pop(snap.task_id, None)
+        if count != snap.redeliveries:
+            from dataclasses import replace
+
+            snap = replace(snap, redeliveries=count)
+        return snap
 
     def _run_tickers(self) -> None:
         now = time.monotonic()
@@ -291,6 +327,7 @@ class TaskMonitor:
                 source = _Source.open(self.app)
             except Exception as exc:  # noqa: BLE001 - the server may be restarting
                 logger.debug("celerynb monitor cannot connect: %s", exc)
+                self._set_connected(False)
                 with self._lock:
                     if not self._unfinished and not self._tickers:
                         self._thread = None  # the next track() starts a fresh thread
@@ -299,12 +336,15 @@ class TaskMonitor:
                 backoff = min(backoff * 2, 2.0)
                 continue
             self.mode = source.mode
+            self._set_connected(True)
             try:
+                self._after_restart(source)
                 self._serve(source)
                 backoff = 0.1
             except Exception as exc:  # noqa: BLE001 - connection lost: reconnect, resubscribe, reconcile
                 logger.debug("celerynb monitor lost its connection: %s", exc)
                 self.stats["reconnects"] += 1
+                self._set_connected(False)
                 self._idle(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -313,6 +353,37 @@ class TaskMonitor:
                     self._to_subscribe |= self._unfinished
                     self._to_unsubscribe.clear()
                     self._subscribed.clear()
+
+    def _set_connected(self, value: bool) -> None:
+        if self.connected != value:
+            self.connected = value
+            self._wake_displays()
+
+    def _wake_displays(self) -> None:
+        """Run every ticker now (displays redraw their connection state)."""
+        with self._lock:
+            for entry in self._tickers.values():
+                entry[2] = 0.0
+
+    def _after_restart(self, source: _Source) -> None:
+        """Mark tasks LOST whose messages a restarted, non-persistent server cannot have kept."""
+        run = source.server_run()
+        if run is None:
+            return
+        previous, self._server_run = self._server_run, (source.url, run[0])
+        # Another URL is another server (a new cluster), not a restart of this one.
+        if previous is None or previous != (source.url, previous[1]) or previous[1] == run[0]:
+            return
+        if run[1] or not source.holds_broker():
+            return
+        with self._lock:
+            waiting = [t for t in self._unfinished if self._snapshots[t].state in (states.PENDING, states.RECEIVED)]
+        for start in range(0, len(waiting), BATCH):
+            chunk = waiting[start:start + BATCH]
+            for tid, payload in zip(chunk, source.read(chunk), strict=True):
+                if payload is None:  # nothing written since the restart: the message is gone
+                    self._apply(replace_state(self._snapshots[tid], LOST, LOST_INFO), None, force=True)
+        logger.warning("celerynb: the server restarted without persistence; %d queued task(s) were lost", len(waiting))
 
     def _idle(self, seconds: float) -> None:
         """Back off, but wake at once when someone tracks new tasks (the server may be back)."""
@@ -427,6 +498,28 @@ class _Source:
 
     def key(self, task_id: str) -> bytes:
         return self.backend.get_key_for_task(task_id)
+
+    def server_run(self) -> tuple[str, bool] | None:
+        """(run id, keeps data across restarts) of a Redis server; None when unknown."""
+        if self.redis is None:
+            return None
+        try:
+            info = self.redis.info("server")
+            persistence = self.redis.info("persistence")
+        except Exception:  # noqa: BLE001 - INFO may be disabled on managed servers
+            return None
+        keeps = bool(int(persistence.get("aof_enabled", 0) or 0))
+        return str(info.get("run_id")), keeps
+
+    def holds_broker(self) -> bool:
+        """Whether the broker lives on this same server (then its queues went with it)."""
+        from urllib.parse import urlsplit
+
+        def where(url: str) -> tuple[Any, ...]:
+            parts = urlsplit(url or "")
+            return parts.scheme.replace("rediss", "redis"), parts.hostname, parts.port or 6379
+
+        return where(self.app.conf.broker_url) == where(self.url)
 
     def subscribe(self, task_ids: list[str]) -> None:
         for start in range(0, len(task_ids), BATCH):

@@ -20,6 +20,8 @@ from ._templates import summary_html
 
 #: Up to this many tasks, one bar per task; more get one aggregate bar.
 FEW = 10
+#: Shown while the monitor cannot reach the result backend (it keeps retrying).
+DISCONNECTED = "disconnected from the server: retrying (states resume when it is back)"
 #: Minimum seconds between two redraws of one display.
 REDRAW_EVERY = 0.1
 
@@ -119,6 +121,8 @@ class ProgressDisplay:
         text = f"elapsed {_views.format_duration(elapsed)}"
         if not self.finished:
             text += f" · ETA {_views.format_duration(_views.eta(elapsed, percent))}"
+            if not self.monitor.connected:
+                text += " · " + DISCONNECTED
         return text
 
     def text(self) -> str:
@@ -129,6 +133,8 @@ class ProgressDisplay:
             lines += [_views.task_line(v) for v in views]
         else:
             lines += [_views.task_line(v) for v in group.failures]
+        if not self.finished and not self.monitor.connected:
+            lines.append(DISCONNECTED)
         return "\n".join(lines)
 
     def summary_html(self) -> str:

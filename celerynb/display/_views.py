@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import states
 
-from ..monitor import TaskSnapshot
+from ..monitor import LOST, TaskSnapshot
 
 BAR_STYLES = {
     states.PENDING: "",
@@ -25,9 +25,10 @@ BAR_STYLES = {
     "ABORTED": "warning",
     states.REJECTED: "danger",
     states.IGNORED: "",
+    LOST: "danger",
 }
 #: Order of states in counts: finished ones last.
-STATE_ORDER = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "ABORTED"]
+STATE_ORDER = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "ABORTED", LOST]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class GroupView:
     bar_style: str
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[TaskView] = field(default_factory=list)
+    redelivered: int = 0
 
     @property
     def ready(self) -> bool:
@@ -106,6 +108,11 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
         detail = f"FAILURE {error}" if error else "FAILURE"
     elif state == states.REVOKED:
         detail = "REVOKED (cancelled)"
+    elif state == LOST:
+        error = "the server restarted without persistence: submit again"
+        detail = f"LOST ({error})"
+    if snap.redeliveries:
+        detail += f" (redelivered {snap.redeliveries}x after a worker was lost)"
     return TaskView(
         task_id=snap.task_id, name=label, state=state, percent=percent,
         bar_style=BAR_STYLES.get(state, "info"), detail=detail, ready=snap.ready, error=error,
@@ -120,7 +127,7 @@ def group_view(views: list[TaskView]) -> GroupView:
     ordered.update({s: n for s, n in counts.items() if s not in ordered})
     total = len(views)
     done = sum(1 for v in views if v.ready)
-    failed = [v for v in views if v.state in (states.FAILURE, states.REJECTED)]
+    failed = [v for v in views if v.state in (states.FAILURE, states.REJECTED, LOST)]
     if done < total:
         style = "warning" if counts.get(states.RETRY) else "info"
     elif failed:
@@ -130,7 +137,9 @@ def group_view(views: list[TaskView]) -> GroupView:
     else:
         style = "success"
     percent = 100.0 * done / total if total else 100.0
-    return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failed[:5])
+    redelivered = sum(1 for v in views if "(redelivered " in v.detail)
+    return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failed[:5],
+                     redelivered=redelivered)
 
 
 def text_bar(percent: float, width: int = 20) -> str:
@@ -144,7 +153,8 @@ def task_line(view: TaskView) -> str:
 
 
 def counts_text(group: GroupView) -> str:
-    return " · ".join(f"{state} {n}" for state, n in group.counts.items())
+    text = " · ".join(f"{state} {n}" for state, n in group.counts.items())
+    return text + (f" · redelivered {group.redelivered}" if group.redelivered else "")
 
 
 def group_line(group: GroupView) -> str:
