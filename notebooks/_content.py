@@ -211,10 +211,25 @@ print("restarted as a new process:", worker_pid("dev") not in (None, first_pid))
     """md:
 ### Cell tasks on worker processes
 
-<!-- issue-6: this cell is extended when cell tasks run on worker processes -->
 The tasks above are *package* tasks: the worker process imports them from
-`celerynb.workers.tasks`. Tasks defined in a notebook cell (next tutorials) run on the
-in-kernel workers; the registered tasks of this kernel:
+`celerynb.workers.tasks`. A task defined in a notebook cell with `%%celery_task` (tutorial 3)
+runs on that worker process too, with no restart: the cell is stored next to the results,
+signed with the cluster's key (which `celerynb up` keeps in its discovery file and hands to its
+workers), and the worker verifies the signature before it compiles the cell. A worker without
+the key refuses, with the reason in the task's error. Cells must be self-contained: imports go
+in the cell.
+""",
+    """%%celery_task
+import os
+
+def where_am_i(x):
+    return {"pid": os.getpid(), "double": 2 * x}""",
+    """out = where_am_i.delay(21).get(timeout=30)
+print("ran in another process:", out["pid"] != os.getpid(), "| result:", out["double"])""",
+    """md:
+Run the cell again with a new body and the next call runs the new body on the same worker
+process; messages already queued keep the version they were sent with. The registered tasks
+of this kernel:
 """,
     """%celery tasks""",
     """md:
