@@ -104,7 +104,10 @@ class CeleryMagics(Magics):
         named ``notebook.<function>`` (or ``--name``) and is bound under the function's name.
         Running the cell again replaces the task, also in running in-kernel workers.
         """
-        args = parse_argstring(self.celery_task, line)
+        try:
+            args = parse_argstring(self.celery_task, line)
+        except ValueError as exc:  # shlex: an unbalanced quote
+            raise UsageError(f"%%celery_task: {exc} in the options; check the quotes.") from None
         options = cell_tasks.TaskOptions(
             name=args.name, bind=args.bind, queue=args.queue, max_retries=args.max_retries,
             default_retry_delay=args.default_retry_delay, rate_limit=args.rate_limit,

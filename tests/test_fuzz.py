@@ -1,0 +1,159 @@
+"""Bad input, generated (hypothesis): magics, payloads, displayed fields, unknown task ids.
+
+Never a traceback of ours (only ``UsageError`` with one line, or the user's own code's error),
+never a half-registered task, every displayed string escaped.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import celerynb
+from celerynb.bulk import map as bulk_map
+from celerynb.monitor import TaskSnapshot, get_monitor
+from celerynb.workers.base import ArgumentNotSerializable
+from celerynb.workers.celery_app import app as nb_app
+
+pytestmark = pytest.mark.reliability
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+NASTY = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
+    ["<script>alert(1)</script>", "</td></tr><b>x", "'\"&amp;", "\u202e\u0000", "ünïcødé 🚀", "--", "-n", "--name"]
+)
+
+
+@nb_app.task(name="tests.fuzz.echo")
+def echo(x):
+    return x
+
+
+@pytest.fixture(scope="module")
+def ip(tmp_path_factory):
+    import os
+
+    os.environ["IPYTHONDIR"] = str(tmp_path_factory.mktemp("ipython"))
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    shell = TerminalInteractiveShell.instance()
+    shell.run_line_magic("load_ext", "celerynb")
+    nb_app.conf.task_always_eager = True  # registering needs no server; running is not the point here
+    yield shell
+    nb_app.conf.task_always_eager = False
+    shell.run_line_magic("unload_ext", "celerynb")
+    for name in [n for n in nb_app.tasks if n.startswith("notebook.")]:
+        nb_app.tasks.pop(name, None)
+    TerminalInteractiveShell.clear_instance()
+    celerynb.stop()
+
+
+@FUZZ
+@given(line=NASTY)
+def test_celery_task_argument_strings_never_leak_a_traceback(ip, line):
+    before = set(nb_app.tasks)
+    ns_before = set(ip.user_ns)
+    try:
+        with capture_output() as out:
+            ip.run_cell_magic("celery_task", line, "def fuzzed(x):\n    return x\n")
+    except UsageError as exc:
+        assert "\n" not in str(exc).strip()
+        assert set(nb_app.tasks) == before and "fuzzed" not in set(ip.user_ns) - ns_before
+    else:
+        assert "Traceback" not in out.stdout + out.stderr
+    nb_app.tasks.pop("notebook.fuzzed", None)
+    ip.user_ns.pop("fuzzed", None)
+
+
+@FUZZ
+@given(body=NASTY | st.sampled_from(["def (:", "class A: pass", "def f(): pass\ndef g(): pass", "lambda: 1",
+                                      "def f(x):\n  return x\nraise SystemExit", "import sys; sys.exit(1)"]))
+def test_celery_task_cell_bodies_register_completely_or_not_at_all(ip, body):
+    before = dict(nb_app.tasks)
+    try:
+        with capture_output():
+            ip.run_cell_magic("celery_task", "", body)
+    except UsageError as exc:
+        assert "\n" not in str(exc).strip()
+        assert dict(nb_app.tasks) == before  # nothing half-registered
+    except SystemExit:
+        pytest.fail("a cell's SystemExit escaped the magic")
+    else:
+        added = set(nb_app.tasks) - set(before)
+        for name in added:  # a success registers exactly one callable task, bound in the namespace
+            short = name.split(".", 1)[1]
+            assert ip.user_ns[short].name == name
+            nb_app.tasks.pop(name, None)
+
+
+@FUZZ
+@given(value=st.sampled_from([object(), 1 + 2j, echo, Exception("x"), range(3)]))
+def test_payloads_json_cannot_carry_are_named(app, value):
+    app.conf.task_always_eager = False
+    with pytest.raises(ArgumentNotSerializable, match="argument 'x'"):
+        echo.delay(value)
+
+
+def test_map_payloads_json_cannot_carry_are_named_by_item(cluster):
+    with pytest.raises(ArgumentNotSerializable, match=r"item #2: .*argument 'x'"):
+        bulk_map(echo, [1, 2, {3}])
+
+
+@FUZZ
+@given(name=NASTY, arg=NASTY, result=NASTY, error=NASTY, status=NASTY)
+def test_every_displayed_field_is_escaped(name, arg, result, error, status):
+    mon = get_monitor(nb_app)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    mon.seed(TaskSnapshot(ids[0], "SUCCESS", result, name=name, args=[arg], worker=name))
+    mon.seed(TaskSnapshot(ids[1], "FAILURE", {"exc_type": "ValueError", "exc_message": [error]}, name=name))
+    mon.seed(TaskSnapshot(ids[2], "PROGRESS", {"progress": 50, "status": status}, name=name))
+    mon.seed(TaskSnapshot(ids[3], "RETRY", {"exc_type": "IOError", "exc_message": error}, name=name, retries=1))
+    display = celerynb.progress(ids, widget=False, app=nb_app)
+    table = celerynb.TaskTable(ids, app=nb_app)
+    try:
+        for html in (display.summary_html(), table._repr_html_()):
+            for raw in (name, arg, result, error, status):
+                if "<" in raw or ">" in raw:  # user text never arrives as markup
+                    assert raw not in html
+            assert "<script>" not in html
+        assert isinstance(display.text(), str) and isinstance(repr(table), str)
+    finally:
+        display.close()
+        table.close()
+
+
+def test_huge_results_are_shortened_in_every_display(cluster):
+    big = "x" * 2_000_000 + "<b>"
+    result = echo.delay(big)
+    display = celerynb.progress(result, widget=False)
+    assert display.wait(timeout=60) == big
+    table = celerynb.TaskTable(result)
+    try:
+        assert len(table._repr_html_()) < 10_000 and len(display.text()) < 1_000 and len(repr(table)) < 1_000
+        assert "<b>" not in table._repr_html_()
+    finally:
+        table.close()
+
+
+@FUZZ
+@given(task_id=st.text(min_size=1, max_size=60))
+def test_unknown_task_ids_are_pending_never_errors(task_id):
+    display = celerynb.progress(task_id, widget=False, app=nb_app)
+    table = celerynb.TaskTable([task_id], app=nb_app)
+    try:
+        assert "PENDING" in display.text() and "PENDING" in repr(table)
+        table._repr_html_()
+    finally:
+        display.close()
+        table.close()
+
+
+def test_waiting_on_an_unknown_id_times_out_clearly(cluster):
+    import asyncio
+
+    with pytest.raises(TimeoutError, match="1 of 1 task"):
+        asyncio.run(celerynb.wait(str(uuid.uuid4()), timeout=0.5))
