@@ -46,6 +46,14 @@ def current_parent() -> dict | None:
         return None
 
 
+def current_cell() -> Any:
+    """The execution now running: its request's msg_id (``execution_count`` is not enough:
+    nbval and other ``store_history=False`` runs never increment it)."""
+    parent = current_parent() or {}
+    msg_id = (parent.get("header") or {}).get("msg_id")
+    return msg_id or getattr(ipython(), "execution_count", None)
+
+
 @contextlib.contextmanager
 def attached_to(parent: dict | None) -> Iterator[None]:
     """Send display messages of this thread as outputs of ``parent`` (ipykernel 7 needs it explicitly)."""
@@ -187,6 +195,10 @@ class ProgressDisplay:
         Raises:
             TimeoutError: some task is still running after ``timeout`` seconds.
         """
+        if timeout is None:
+            from ..config import default_wait_timeout
+
+            timeout = default_wait_timeout()  # bounded in CI / CELERYNB_NONINTERACTIVE=1
         self.monitor.wait(self.ids, timeout)
         was_finished = self.finished
         self.refresh(background=False)

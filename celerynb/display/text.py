@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._base import ProgressDisplay, attached_to, ipython
+from ._base import ProgressDisplay, attached_to, current_cell, ipython
 from ._views import GroupView, TaskView
 
 
@@ -27,15 +27,14 @@ class TextProgress(ProgressDisplay):
 
         with self._lock:
             self._handle = display(self._bundle(), raw=True, display_id=True)
-            self._shown_in = getattr(ip, "execution_count", None)
+            self._shown_in = current_cell()
         return self
 
     def _repr_html_(self) -> str:
         return self.summary_html()
 
     def _ipython_display_(self) -> None:
-        ip = ipython()
-        if self._handle is not None and getattr(ip, "execution_count", None) == getattr(self, "_shown_in", None):
+        if self._handle is not None and current_cell() == getattr(self, "_shown_in", None):
             return  # progress() already showed it in this cell
         from IPython.display import display
 
