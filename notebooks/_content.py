@@ -1893,6 +1893,77 @@ if started_here:
     !{sys.executable} -m celerynb down""",
 ]
 
+NB14 = [
+    """md:
+# 14. Your own Celery project
+
+Most people who open a notebook already have a Celery project. This tutorial uses a small one
+shipped next to the notebooks, laid out as in Celery's "Next steps" guide:
+
+```
+proj/
+    __init__.py
+    celery.py      # app = Celery("proj", broker="amqp://...", backend="redis://...", include=["proj.tasks"])
+    tasks.py       # add, mul, xsum
+```
+
+`%celery use` makes that app the kernel's current one: `%%celery_task` registers on it,
+`%celery status/start/stop/purge/tasks` act on it, in-kernel workers run its tasks, and the
+progress displays follow its results. Apps are found with the rules of `celery -A`: `proj`,
+`proj.celery` or `proj.celery:app`.
+""",
+    """%load_ext celerynb""",
+    """md:
+The project's own settings name RabbitMQ and Redis on localhost, which this machine may not
+have. `--local` points its broker and result backend at celerynb's embedded server for
+development, without editing the project:
+""",
+    """%celery use proj --local""",
+    """md:
+The project's tasks run as they are; the first one starts an in-kernel worker for the project's
+app:
+""",
+    """from proj.tasks import add, mul, xsum
+
+print(add.delay(2, 3).get(timeout=10), mul.delay(4, 5).get(timeout=10), xsum.delay([1, 2, 3]).get(timeout=10))""",
+    """md:
+A cell task is registered on the project's app, next to its module tasks:
+""",
+    """%%celery_task
+def cube(x):
+    return x ** 3""",
+    """print(cube.name, "->", cube.delay(3).get(timeout=10))""",
+    """%celery tasks""",
+    """md:
+Progress displays and awaitables accept the project's results like any other:
+""",
+    """import celerynb
+
+results = [xsum.delay(list(range(n))) for n in range(1, 21)]
+print(celerynb.progress(results, wait=True, timeout=30))""",
+    """md:
+`--restore` gives the app back its own broker and backend (it also happens when the kernel
+exits); the in-kernel worker that served it stops:
+""",
+    """%celery use --restore""",
+    """from celerynb.config import mask_url
+from proj.celery import app as proj_app
+
+print("broker: ", mask_url(proj_app.conf.broker_url))   # passwords masked, as in every celerynb output
+print("backend:", mask_url(proj_app.conf.result_backend))""",
+    """md:
+Without `--local`, `%celery use proj` keeps the project's own broker: RabbitMQ as broker with a
+Redis result backend works end to end, and `celery -A proj worker` processes serve the kernel as
+they would any client. Results need a backend that can be read back: with `rpc://` or no backend
+at all, `celerynb.progress` says so in one sentence instead of showing a bar stuck at PENDING.
+
+Back to celerynb's own app, and stop everything:
+""",
+    """celerynb.use("celerynb.workers.celery_app")
+celerynb.stop()""",
+]
+
+
 NOTEBOOKS = {
     "01_getting_started": NB01,
     "02_predefined_tasks": NB02,
@@ -1907,4 +1978,5 @@ NOTEBOOKS = {
     "11_production": NB11,
     "12_best_practices": NB12,
     "13_supervisord": NB13,
+    "14_your_own_app": NB14,
 }
