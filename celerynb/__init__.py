@@ -2,7 +2,7 @@
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
 :func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`track`,
-:func:`wait`, :func:`gather`, and the IPython extension (``%load_ext celerynb``).
+:func:`wait`, :func:`gather`, :func:`map`, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
 lazily, on first use of their names.
@@ -19,7 +19,7 @@ from .connect import connect
 
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "track", "wait", "gather",
+    "progress", "TaskTable", "track", "wait", "gather", "map",
 ]
 
 _LAZY = {
@@ -28,6 +28,7 @@ _LAZY = {
     "track": ("celerynb.workers.track", "track"),
     "wait": ("celerynb.results", "wait"),
     "gather": ("celerynb.results", "gather"),
+    "map": ("celerynb.bulk", "map"),
 }
 
 
