@@ -252,3 +252,13 @@ def test_eager_update_state_reaches_the_display_while_the_task_runs(ip, app):
             assert ip.user_ns["halfway"].delay().get() == "seen while running"
         finally:
             ip.run_line_magic("celery", "eager off")
+
+
+def test_question_mark_help_lists_options(ip):
+    with capture_output() as out:
+        ip.run_cell("%%celery_task?\n", store_history=False)
+        ip.run_cell("%celery?\n", store_history=False)
+    text = out.stdout
+    for option in ("--bind", "--queue", "--max-retries", "--rate-limit", "--soft-time-limit", "--acks-late"):
+        assert option in text
+    assert "%celery connect URL|auto" in text and "%celery use APP" in text
