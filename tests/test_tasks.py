@@ -7,6 +7,7 @@ import time
 import _e2e
 import pytest
 from celery.exceptions import TaskRevokedError
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 import celerynb
 from celerynb.workers import tasks, urls
@@ -49,9 +50,16 @@ def test_progress_states_observed(cluster):
 
 
 def test_high_priority_queue_is_consumed(cluster):
+    consumer = cluster.workers[0].controller.consumer
+    consuming = sorted(q.name for q in consumer.task_consumer.queues)
+    assert consuming == ["default", "high-priority"]
     result = tasks.analyze_content.apply_async(("urgent words",), queue="high-priority")
-    assert result.get(timeout=30)["words"] == 2
-    assert result.queue == "high-priority"
+    try:
+        output = result.get(timeout=30)
+    except CeleryTimeoutError:
+        pytest.fail(f"not run: state {result.state}, queues {cluster.status()['queues']}, "
+                    f"workers {cluster.status()['workers']}, consuming {consuming}")
+    assert output["words"] == 2 and result.queue == "high-priority"
 
 
 @pytest.mark.parametrize(
