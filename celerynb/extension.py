@@ -19,7 +19,7 @@ def load(ip: Any) -> None:
         ip.register_magics(magics)
         ip._celerynb_magics = magics
     from .display.formatters import register_display_formatters
-    from .monitor import enable_submit_log
+    from .submitted import enable_submit_log
 
     register_display_formatters(ip)
     enable_submit_log()  # TaskTable() then lists every task sent from this kernel

@@ -22,13 +22,14 @@ from typing import Any
 
 from celery import Celery, states
 
+from ._backend_source import BATCH, BackendSource
+from .submitted import enable_submit_log, submitted  # noqa: F401 - re-exported
+
 logger = logging.getLogger("celerynb.monitor")
 
 #: Seconds between reconcile sweeps (Redis) and between polls (other backends).
 RECONCILE_INTERVAL = 2.0
 POLL_INTERVAL = 0.5
-#: Ids per SUBSCRIBE / MGET command.
-BATCH = 1000
 #: How long one pub/sub read may block; also the granularity of tickers.
 _LISTEN_TIMEOUT = 0.02
 
@@ -324,7 +325,7 @@ class TaskMonitor:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                source = _Source.open(self.app)
+                source = BackendSource.open(self.app)
             except Exception as exc:  # noqa: BLE001 - the server may be restarting
                 logger.debug("celerynb monitor cannot connect: %s", exc)
                 self._set_connected(False)
@@ -365,7 +366,7 @@ class TaskMonitor:
             for entry in self._tickers.values():
                 entry[2] = 0.0
 
-    def _after_restart(self, source: _Source) -> None:
+    def _after_restart(self, source: BackendSource) -> None:
         """Mark tasks LOST whose messages a restarted, non-persistent server cannot have kept."""
         run = source.server_run()
         if run is None:
@@ -394,7 +395,7 @@ class TaskMonitor:
                 self._wake.clear()
                 return
 
-    def _serve(self, source: _Source) -> None:
+    def _serve(self, source: BackendSource) -> None:
         url = self._url = source.url
         self._moved = False
         next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
@@ -432,7 +433,7 @@ class TaskMonitor:
                 self._wake.clear()
             self._run_tickers()
 
-    def _listen(self, source: _Source) -> None:
+    def _listen(self, source: BackendSource) -> None:
         """Apply pushed messages until the socket is quiet (or 2,000 were read)."""
         timeout = _LISTEN_TIMEOUT
         for _ in range(2000):
@@ -447,7 +448,7 @@ class TaskMonitor:
             self.stats["messages"] += 1
             self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
 
-    def _read(self, source: _Source, task_ids: list[str]) -> None:
+    def _read(self, source: BackendSource, task_ids: list[str]) -> None:
         for start in range(0, len(task_ids), BATCH):
             chunk = task_ids[start:start + BATCH]
             self.stats["mget_keys"] += len(chunk)
@@ -455,127 +456,6 @@ class TaskMonitor:
                 if payload is None or payload == self._payloads.get(tid):
                     continue  # absent, or unchanged since the last read: nothing to decode
                 self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
-
-
-class _Source:
-    """Where states come from: a private Redis connection (push) or the app's backend (poll)."""
-
-    mode = "poll"
-
-    def __init__(self, app: Celery) -> None:
-        self.app = app
-        self.url = app.conf.result_backend
-        self.backend = app.backend  # a thread-local instance, owned by the monitor thread
-        self.redis: Any = None
-        self.pubsub: Any = None
-
-    @classmethod
-    def open(cls, app: Celery) -> _Source:
-        source = cls(app)
-        from celery.backends.redis import RedisBackend
-
-        if isinstance(source.backend, RedisBackend):
-            source._connect_redis()
-        return source
-
-    def _connect_redis(self) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        params = dict(self.backend.connparams)
-        params["max_connections"] = 2
-        params["socket_connect_timeout"] = params.get("socket_connect_timeout") or 2.0
-        params["retry"] = Retry(NoBackoff(), 0)
-        params.pop("retry_on_timeout", None)
-        params["client_name"] = "celerynb-monitor"
-        # The monitor's connections are its own: the app's pools are never shared across threads.
-        self.redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
-        self.redis.ping()
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.prefix = self.backend.get_key_for_task("x")[:-1]
-        self.mode = "redis"
-
-    def key(self, task_id: str) -> bytes:
-        return self.backend.get_key_for_task(task_id)
-
-    def server_run(self) -> tuple[str, bool] | None:
-        """(run id, keeps data across restarts) of a Redis server; None when unknown."""
-        if self.redis is None:
-            return None
-        try:
-            info = self.redis.info("server")
-            persistence = self.redis.info("persistence")
-        except Exception:  # noqa: BLE001 - INFO may be disabled on managed servers
-            return None
-        keeps = bool(int(persistence.get("aof_enabled", 0) or 0))
-        return str(info.get("run_id")), keeps
-
-    def holds_broker(self) -> bool:
-        """Whether the broker lives on this same server (then its queues went with it)."""
-        from urllib.parse import urlsplit
-
-        def where(url: str) -> tuple[Any, ...]:
-            parts = urlsplit(url or "")
-            return parts.scheme.replace("rediss", "redis"), parts.hostname, parts.port or 6379
-
-        return where(self.app.conf.broker_url) == where(self.url)
-
-    def subscribe(self, task_ids: list[str]) -> None:
-        for start in range(0, len(task_ids), BATCH):
-            self.pubsub.subscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
-
-    def unsubscribe(self, task_ids: list[str]) -> None:
-        for start in range(0, len(task_ids), BATCH):
-            self.pubsub.unsubscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
-
-    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
-        if not self.pubsub.subscribed:
-            time.sleep(timeout)
-            return None
-        message = self.pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
-            return None
-        channel = message["channel"]
-        if isinstance(channel, str):
-            channel = channel.encode()
-        return channel[len(self.prefix):].decode(), message["data"]
-
-    def read(self, task_ids: list[str]) -> list[Any]:
-        """Raw payloads (None where the key does not exist) in one command where possible."""
-        keys = [self.key(t) for t in task_ids]
-        if self.redis is not None:
-            return self.redis.mget(keys)
-        backend = self.backend
-        if hasattr(backend, "mget") and hasattr(backend, "get_key_for_task"):
-            values = backend.mget(keys)
-            if isinstance(values, dict):
-                values = [values.get(k, values.get(k.decode() if isinstance(k, bytes) else k)) for k in keys]
-            return list(values)
-        # Database-like backends: one query per id, still from this single thread.
-        found = []
-        for tid in task_ids:
-            meta = backend.get_task_meta(tid)
-            found.append(None if meta.get("status") == states.PENDING else meta)
-        return found
-
-    def decode(self, payload: Any) -> dict[str, Any] | None:
-        if payload is None or isinstance(payload, dict):
-            return payload
-        return self.backend.decode(payload)
-
-    def close(self) -> None:
-        for closer in (getattr(self.pubsub, "close", None), getattr(self.redis, "close", None)):
-            if closer is not None:
-                try:
-                    closer()
-                except Exception:  # noqa: BLE001 - the server may be gone
-                    pass
-        if self.redis is not None:
-            try:
-                self.redis.connection_pool.disconnect()
-            except Exception:  # noqa: BLE001
-                pass
 
 
 class BackendNotObservable(ValueError):
@@ -627,74 +507,6 @@ def forget_monitors() -> None:
         monitor.stop()
 
 
-@dataclass(frozen=True)
-class Submitted:
-    """A task published from this process: what a table shows before the worker reports anything."""
-
-    task_id: str
-    name: str | None
-    argsrepr: str | None
-    kwargsrepr: str | None
-    sent_at: float  # time.time()
-
-
-class SubmittedLog:
-    """The last ``maxlen`` tasks published from this process, recorded by ``after_task_publish``.
-
-    The receiver only appends to a dict (a few microseconds): submit throughput is untouched.
-    """
-
-    def __init__(self, maxlen: int = 10_000) -> None:
-        self.maxlen = maxlen
-        self._entries: dict[str, Submitted] = {}
-        self._order: list[str] = []
-        self._lock = threading.Lock()
-        self.count = 0  # total ever recorded; readers remember where they stopped
-
-    def record(self, task_id: str, name: str | None, argsrepr: str | None, kwargsrepr: str | None) -> None:
-        entry = Submitted(task_id, name, argsrepr, kwargsrepr, time.time())
-        with self._lock:
-            self._entries[task_id] = entry
-            self._order.append(task_id)
-            self.count += 1
-            if len(self._order) > self.maxlen * 2:
-                drop, self._order = self._order[: -self.maxlen], self._order[-self.maxlen:]
-                for tid in drop:
-                    self._entries.pop(tid, None)
-
-    def get(self, task_id: str) -> Submitted | None:
-        return self._entries.get(task_id)
-
-    def since(self, count: int) -> tuple[list[str], int]:
-        """Ids recorded after the reader's ``count``, and the new count to remember."""
-        with self._lock:
-            new = self.count - count
-            ids = self._order[-new:] if new > 0 else []
-            return ids[-self.maxlen:], self.count
-
-    def ids(self) -> list[str]:
-        with self._lock:
-            return self._order[-self.maxlen:]
-
-
-submitted = SubmittedLog()
-
-
-def _on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
-    headers = headers or {}
-    task_id = headers.get("id")
-    if task_id is None and isinstance(body, dict):  # task protocol 1
-        task_id = body.get("id")
-        headers = {"task": body.get("task"), "argsrepr": repr(body.get("args")), "kwargsrepr": repr(body.get("kwargs"))}
-    if task_id:
-        submitted.record(task_id, headers.get("task") or sender, headers.get("argsrepr"), headers.get("kwargsrepr"))
-
-
-def enable_submit_log() -> None:
-    """Record every task published from this process (idempotent)."""
-    from celery.signals import after_task_publish
-
-    after_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-submit-log")
 
 
 def task_name(task_id: str, snapshot: TaskSnapshot | None = None) -> str | None:

@@ -12,8 +12,9 @@ from typing import Any
 
 from celery import Celery
 
-from ..monitor import TaskSnapshot, enable_submit_log, get_monitor, submitted
+from ..monitor import TaskSnapshot, get_monitor
 from ..results import seed_eager, task_ids_of
+from ..submitted import enable_submit_log, submitted
 from . import _views
 from ._templates import BOX, MUTED, bar_html, e, state_badge
 

@@ -1,0 +1,136 @@
+"""Where the monitor reads task states: its own Redis connection (push) or the app's backend (poll).
+
+Kept apart from the monitor's bookkeeping so that each file has one job; the monitor thread
+owns one instance at a time and replaces it after a lost connection.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery, states
+
+#: Ids per SUBSCRIBE / MGET command.
+BATCH = 1000
+
+
+class BackendSource:
+    """Where states come from: a private Redis connection (push) or the app's backend (poll)."""
+
+    mode = "poll"
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.url = app.conf.result_backend
+        self.backend = app.backend  # a thread-local instance, owned by the monitor thread
+        self.redis: Any = None
+        self.pubsub: Any = None
+
+    @classmethod
+    def open(cls, app: Celery) -> BackendSource:
+        source = cls(app)
+        from celery.backends.redis import RedisBackend
+
+        if isinstance(source.backend, RedisBackend):
+            source._connect_redis()
+        return source
+
+    def _connect_redis(self) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        params = dict(self.backend.connparams)
+        params["max_connections"] = 2
+        params["socket_connect_timeout"] = params.get("socket_connect_timeout") or 2.0
+        params["retry"] = Retry(NoBackoff(), 0)
+        params.pop("retry_on_timeout", None)
+        params["client_name"] = "celerynb-monitor"
+        # The monitor's connections are its own: the app's pools are never shared across threads.
+        self.redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
+        self.redis.ping()
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.prefix = self.backend.get_key_for_task("x")[:-1]
+        self.mode = "redis"
+
+    def key(self, task_id: str) -> bytes:
+        return self.backend.get_key_for_task(task_id)
+
+    def server_run(self) -> tuple[str, bool] | None:
+        """(run id, keeps data across restarts) of a Redis server; None when unknown."""
+        if self.redis is None:
+            return None
+        try:
+            info = self.redis.info("server")
+            persistence = self.redis.info("persistence")
+        except Exception:  # noqa: BLE001 - INFO may be disabled on managed servers
+            return None
+        keeps = bool(int(persistence.get("aof_enabled", 0) or 0))
+        return str(info.get("run_id")), keeps
+
+    def holds_broker(self) -> bool:
+        """Whether the broker lives on this same server (then its queues went with it)."""
+        from urllib.parse import urlsplit
+
+        def where(url: str) -> tuple[Any, ...]:
+            parts = urlsplit(url or "")
+            return parts.scheme.replace("rediss", "redis"), parts.hostname, parts.port or 6379
+
+        return where(self.app.conf.broker_url) == where(self.url)
+
+    def subscribe(self, task_ids: list[str]) -> None:
+        for start in range(0, len(task_ids), BATCH):
+            self.pubsub.subscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
+
+    def unsubscribe(self, task_ids: list[str]) -> None:
+        for start in range(0, len(task_ids), BATCH):
+            self.pubsub.unsubscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
+
+    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+        if not self.pubsub.subscribed:
+            time.sleep(timeout)
+            return None
+        message = self.pubsub.get_message(timeout=timeout)
+        if message is None or message.get("type") != "message":
+            return None
+        channel = message["channel"]
+        if isinstance(channel, str):
+            channel = channel.encode()
+        return channel[len(self.prefix):].decode(), message["data"]
+
+    def read(self, task_ids: list[str]) -> list[Any]:
+        """Raw payloads (None where the key does not exist) in one command where possible."""
+        keys = [self.key(t) for t in task_ids]
+        if self.redis is not None:
+            return self.redis.mget(keys)
+        backend = self.backend
+        if hasattr(backend, "mget") and hasattr(backend, "get_key_for_task"):
+            values = backend.mget(keys)
+            if isinstance(values, dict):
+                values = [values.get(k, values.get(k.decode() if isinstance(k, bytes) else k)) for k in keys]
+            return list(values)
+        # Database-like backends: one query per id, still from this single thread.
+        found = []
+        for tid in task_ids:
+            meta = backend.get_task_meta(tid)
+            found.append(None if meta.get("status") == states.PENDING else meta)
+        return found
+
+    def decode(self, payload: Any) -> dict[str, Any] | None:
+        if payload is None or isinstance(payload, dict):
+            return payload
+        return self.backend.decode(payload)
+
+    def close(self) -> None:
+        for closer in (getattr(self.pubsub, "close", None), getattr(self.redis, "close", None)):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - the server may be gone
+                    pass
+        if self.redis is not None:
+            try:
+                self.redis.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,81 @@
+"""The tasks published from this process, recorded by Celery's ``after_task_publish`` signal.
+
+``TaskTable()`` with no arguments lists them; the receiver only appends to a dict.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A task published from this process: what a table shows before the worker reports anything."""
+
+    task_id: str
+    name: str | None
+    argsrepr: str | None
+    kwargsrepr: str | None
+    sent_at: float  # time.time()
+
+
+class SubmittedLog:
+    """The last ``maxlen`` tasks published from this process, recorded by ``after_task_publish``.
+
+    The receiver only appends to a dict (a few microseconds): submit throughput is untouched.
+    """
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.maxlen = maxlen
+        self._entries: dict[str, Submitted] = {}
+        self._order: list[str] = []
+        self._lock = threading.Lock()
+        self.count = 0  # total ever recorded; readers remember where they stopped
+
+    def record(self, task_id: str, name: str | None, argsrepr: str | None, kwargsrepr: str | None) -> None:
+        entry = Submitted(task_id, name, argsrepr, kwargsrepr, time.time())
+        with self._lock:
+            self._entries[task_id] = entry
+            self._order.append(task_id)
+            self.count += 1
+            if len(self._order) > self.maxlen * 2:
+                drop, self._order = self._order[: -self.maxlen], self._order[-self.maxlen:]
+                for tid in drop:
+                    self._entries.pop(tid, None)
+
+    def get(self, task_id: str) -> Submitted | None:
+        return self._entries.get(task_id)
+
+    def since(self, count: int) -> tuple[list[str], int]:
+        """Ids recorded after the reader's ``count``, and the new count to remember."""
+        with self._lock:
+            new = self.count - count
+            ids = self._order[-new:] if new > 0 else []
+            return ids[-self.maxlen:], self.count
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return self._order[-self.maxlen:]
+
+
+submitted = SubmittedLog()
+
+
+def _on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
+    headers = headers or {}
+    task_id = headers.get("id")
+    if task_id is None and isinstance(body, dict):  # task protocol 1
+        task_id = body.get("id")
+        headers = {"task": body.get("task"), "argsrepr": repr(body.get("args")), "kwargsrepr": repr(body.get("kwargs"))}
+    if task_id:
+        submitted.record(task_id, headers.get("task") or sender, headers.get("argsrepr"), headers.get("kwargsrepr"))
+
+
+def enable_submit_log() -> None:
+    """Record every task published from this process (idempotent)."""
+    from celery.signals import after_task_publish
+
+    after_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-submit-log")
