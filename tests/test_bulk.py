@@ -239,3 +239,94 @@ def test_map_tracks_ids_with_the_monitor_in_one_step(cluster):
     monitor = get_monitor(nb_app)
     wait_for(lambda: all(monitor.snapshot(r.id).ready for r in group.results), timeout=60,
              message="all 50 tasks seen finished by the monitor without anyone calling track()")
+
+
+_ITEMS = [7, -3.5, None, True, "naïve <b>%s</b> \"quoted\" \\", ("a", 2), [1, [2, {"k": "v"}]], {"x": 1}, 10**30,
+          "x" * 2000]
+
+
+def _raw(app, queue: str = "default") -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        return [raw.decode() for raw in reversed(client.lrange(queue, 0, -1))]
+    finally:
+        client.close()
+
+
+def test_mapped_payloads_are_byte_for_byte_celerys_except_ids(app):
+    """Each payload ``map`` queues is the one ``apply_async`` queues for the same call, with only
+    the task id and kombu's delivery tag different (the template path must never drift)."""
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        for item in _ITEMS:
+            join.apply_async(item if isinstance(item, tuple) else (item, "z"), {"sep": "%"})
+        bulk_map(join, [item if isinstance(item, tuple) else (item, "z") for item in _ITEMS], kwargs={"sep": "%"},
+                 chunk=4)
+        raw = _raw(app)
+        assert len(raw) == 2 * len(_ITEMS)
+        for single, mapped in zip(raw[: len(_ITEMS)], raw[len(_ITEMS):], strict=True):
+            s, m = json.loads(single), json.loads(mapped)
+            expected = single.replace(s["headers"]["id"], m["headers"]["id"]).replace(
+                s["properties"]["delivery_tag"], m["properties"]["delivery_tag"])
+            assert mapped == expected
+            assert m["headers"]["id"] != s["headers"]["id"]
+    finally:
+        cluster.stop()
+
+
+def test_one_lpush_per_chunk(app):
+    import redis
+
+    cluster = celerynb.LocalCluster(workers=0).start()
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        square.delay(0)  # the queue is declared, the connection warm
+        before = client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+        bulk_map(square, range(1000), chunk=300)
+        after = client.info("commandstats")["cmdstat_lpush"]["calls"]
+        assert after - before == 4  # 300 + 300 + 300 + 100, not 1000
+        assert client.llen("default") == 1001
+        ids = [m["headers"]["id"] for m in _queued(app)]
+        assert len(set(ids)) == 1001  # every task its own id
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_a_foreign_publish_receiver_sees_every_message(app):
+    """A ``before_task_publish`` receiver may rewrite each message: map then publishes each the Celery way."""
+    from celery.signals import before_task_publish
+
+    seen: list[str] = []
+
+    def stamp(sender=None, headers=None, **_):
+        seen.append(headers["id"])
+        headers["stamp"] = f"s-{len(seen)}"
+
+    before_task_publish.connect(stamp, weak=False)
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        group = bulk_map(square, range(25), chunk=10)
+        queued = _queued(app)
+        assert seen == [r.id for r in group.results]
+        assert [m["headers"]["stamp"] for m in queued] == [f"s-{i}" for i in range(1, 26)]
+    finally:
+        before_task_publish.disconnect(stamp)
+        cluster.stop()
+
+
+def test_submit_log_records_every_mapped_task(app):
+    from celerynb.submitted import enable_submit_log, submitted
+
+    enable_submit_log()
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        group = bulk_map(join, [("a", i) for i in range(30)], kwargs={"sep": ":"})
+        entries = [submitted.get(r.id) for r in group.results]
+        assert all(e is not None for e in entries)
+        assert [e.argsrepr for e in entries] == [repr(("a", i)) for i in range(30)]
+        assert {e.kwargsrepr for e in entries} == {"{'sep': ':'}"} and {e.name for e in entries} == {join.name}
+    finally:
+        cluster.stop()
