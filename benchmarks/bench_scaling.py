@@ -8,8 +8,8 @@ Per size N (1k, 10k, 50k; ``--quick``: 1k, 5k), figures named ``<figure>_<N>``:
 
 - ``submit_us_per_task_map`` / ``submit_us_per_task_delay``: ``celerynb.map`` of N trivial
   tasks / a Python loop of ``.delay()``, same app, same process; ``bulk_speedup`` is their ratio.
-- ``await_us_per_task``: ``celerynb.results.gather`` of the N mapped tasks, once all are finished
-  (subscribe + read + resolve, through the shared monitor).
+- ``await_us_per_task``: ``celerynb.results.gather`` of the N mapped tasks, all finished, by a
+  fresh monitor that has seen none of them (track + subscribe + read + decode + resolve).
 - ``sweep_us_per_task``: one reconcile sweep of the monitor over the N tasks, steady state (as in
   ``bench_monitor``: payloads read and compared, only changes decoded); ``sweep_cold_us_per_task``:
   the first sweep, every payload decoded.
@@ -70,7 +70,7 @@ def _one_size(n: int) -> dict[str, float]:
     from celerynb import results
     from celerynb._backend_source import BackendSource
     from celerynb.bulk import map as bulk_map
-    from celerynb.monitor import get_monitor
+    from celerynb.monitor import forget_monitors, get_monitor
 
     url = os.environ[_URL_ENV]
     app = Celery("bench-scaling", broker=url, backend=url)
@@ -91,6 +91,7 @@ def _one_size(n: int) -> dict[str, float]:
     submit_map = time.perf_counter() - start
     ids = [r.id for r in group.results]
     _finish(app, ids)
+    forget_monitors()  # the map's monitor may have seen some finish: gather starts from nothing
 
     start = time.perf_counter()
     values = asyncio.run(results.gather(group, app=app, timeout=600))
