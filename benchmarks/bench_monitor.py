@@ -35,13 +35,14 @@ def _commands(client) -> int:
 def _sweep(app, n: int, repeats: int) -> dict[str, float]:
     from celery.result import AsyncResult
 
-    from celerynb.monitor import TaskMonitor, _Source
+    from celerynb._backend_source import BackendSource
+    from celerynb.monitor import TaskMonitor
 
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for tid in ids:
         app.backend.store_result(tid, {"progress": 50, "current": 1, "total": 2}, "PROGRESS")
     naive, sweep = [], []
-    source = _Source.open(app)
+    source = BackendSource.open(app)
     mon = TaskMonitor(app)
     with mon._lock:
         for tid in ids:
@@ -133,7 +134,7 @@ def _await_cost(app, client, n: int) -> dict[str, float]:
 
 def _submit_ratio(app, n: int) -> float:
     from celerynb.display.table import TaskTable
-    from celerynb.monitor import enable_submit_log
+    from celerynb.submitted import enable_submit_log
 
     enable_submit_log()
 
