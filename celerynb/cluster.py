@@ -186,7 +186,10 @@ class LocalCluster:
             raise ClusterError("The cluster is stopped: start it first.")
         from celery.worker import state
 
+        # Celery's stop flags are process-wide: a flag left by an earlier stop would end this
+        # worker at its first loop.
         state.should_terminate = None
+        state.should_stop = None
         worker = InProcessWorker(
             self.app,
             pool=pool or self.pool,

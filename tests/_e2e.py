@@ -98,7 +98,9 @@ def check_progress(timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not result.ready():
         assert time.monotonic() < deadline, f"long_process did not finish; states seen: {seen}"
-        state, info = result.state, result.info
+        # One read of the stored meta: state and info read apart could straddle the task's end.
+        meta = result.backend.get_task_meta(result.id)
+        state, info = meta["status"], meta["result"]
         if state == "PROGRESS" and (not seen or seen[-1][1] != info):
             seen.append((state, dict(info)))
         time.sleep(0.02)

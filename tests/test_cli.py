@@ -184,3 +184,13 @@ def test_help_of_module_and_console_script():
     for cmd in (CELERYNB, [CONSOLE_SCRIPT]):
         done = run(cmd + ["--help"])
         assert done.returncode == 0 and "up" in done.stdout and "down" in done.stdout
+
+
+def test_up_with_beat_then_down(no_cluster):
+    up = run(CELERYNB + ["up", "--detach", "--beat"])
+    assert up.returncode == 0, up.stderr
+    record = config.read_discovery()
+    beat_pid = record["beat_pid"]
+    assert f"beat pid {beat_pid}" in up.stdout and not _gone(beat_pid)
+    assert run(CELERYNB + ["down"], timeout=60).returncode == 0
+    wait_for(lambda: _gone(beat_pid) and _gone(record["server_pid"]), timeout=10, message="beat and server to exit")

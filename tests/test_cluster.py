@@ -117,3 +117,32 @@ def test_killed_process_takes_its_server_and_worker_processes_along():
         return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
 
     wait_for(all_gone, timeout=30, message="server and worker process to exit")
+
+
+def test_worker_processes_and_embedded_beat(app):
+    """``processes=N`` runs tasks in separate ``celery worker`` processes; ``beat=True`` sends the schedule."""
+    import psutil
+    from conftest import wait_for
+
+    from celerynb.workers import documents, tasks
+
+    saved = app.conf.beat_schedule
+    app.conf.beat_schedule = {
+        "doc3-twice-a-second": {"task": "tasks.process_document", "schedule": 0.5, "args": ("doc3", {"format": "html"})}
+    }
+    output = documents.processed_dir() / "doc3.json"
+    output.unlink(missing_ok=True)
+    try:
+        with celerynb.LocalCluster(app, workers=0, processes=1, beat=True) as cluster:
+            proc = cluster.processes[0]
+            result = tasks.analyze_content.delay("only a process runs this")
+            assert result.get(timeout=30)["words"] == 5
+            assert result.worker == proc.name and psutil.Process(proc.pid).is_running()
+            assert [w["kind"] for w in cluster.status()["workers"]] == ["process"] and cluster.status()["beat"]
+            wait_for(output.exists, timeout=30, message="beat to send the scheduled task")
+            pid = proc.pid
+        assert psutil_status_zombie(pid)
+        assert "<h1>" in output.read_text()
+    finally:
+        app.conf.beat_schedule = saved
+        output.unlink(missing_ok=True)
