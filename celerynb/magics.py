@@ -184,7 +184,7 @@ class CeleryMagics(Magics):
         return getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: argparse.Namespace) -> ClusterStatus:
-        return ClusterStatus(_current_app(), cluster.current())
+        return ClusterStatus(_current_app(), cluster.current(), ask_workers=True)
 
     def _cmd_start(self, args: argparse.Namespace) -> ClusterStatus:
         queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None

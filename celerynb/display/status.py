@@ -19,7 +19,7 @@ def notebook_tasks(app: Celery) -> list[Any]:
 
 
 def _mode(app: Celery, cluster: Any) -> str:
-    if not app.configured:  # reading settings would resolve the broker (start the server)
+    if not app.configured and urls.source_of(app) is None:  # reading settings would start the server
         return "not started"
     if app.conf.task_always_eager:
         return "eager (tasks run in the cell)"
@@ -33,7 +33,8 @@ def _mode(app: Celery, cluster: Any) -> str:
 class ClusterStatus:
     """A snapshot of the cluster taken when the object is made."""
 
-    def __init__(self, app: Celery, cluster: Any) -> None:
+    def __init__(self, app: Celery, cluster: Any, *, ask_workers: bool = False) -> None:
+        """``ask_workers``: broadcast to every worker whether it runs cell tasks (up to 1 s)."""
         self.app = app
         self.mode = _mode(app, cluster)
         self.status = cluster.status() if cluster is not None and cluster.app is app else None
@@ -41,14 +42,14 @@ class ClusterStatus:
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
         self.remote: dict[str, bool] = {}
-        if urls.source_of(app) and not app.conf.task_always_eager and (
+        if ask_workers and urls.source_of(app) and not app.conf.task_always_eager and (
             urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
         ):
             from ..inspect import cell_support
 
             local = {w["name"] for w in (self.status or {}).get("workers", []) if w["kind"] == "thread"}
             try:
-                self.remote = {k: v for k, v in cell_support(app).items() if k not in local}
+                self.remote = {k: v for k, v in cell_support(app, timeout=1.0).items() if k not in local}
             except Exception:  # noqa: BLE001 - status must show even when the broker does not answer
                 self.remote = {}
 
