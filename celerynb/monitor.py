@@ -38,6 +38,8 @@ Listener = Callable[["TaskSnapshot"], None]
 #: Not a Celery state: a task queued or unseen when the server restarted without persistence.
 #: Its message is gone, so it will never run: displays end instead of waiting forever.
 LOST = "LOST"
+MOVED_INFO = ("the app now uses another server (the cluster this task was sent to was stopped): "
+              "its state can no longer be followed")
 LOST_INFO = ("the server restarted without persistence and this task's message was lost: "
              "submit it again (LocalCluster(persistent=True) keeps queued tasks across restarts)")
 
@@ -128,6 +130,9 @@ class TaskMonitor:
         self._pid = os.getpid()
         self._reconcile_now = False
         self._moved = False
+        #: The result backend each task was tracked on: after the app moves to another server
+        #: (a new cluster), unfinished tasks of the old one can never be followed again.
+        self._origin: dict[str, str] = {}
         self._url: str | None = None
         self.mode: str | None = None  # "redis" or "poll", known once the thread connected
         #: False while the result backend cannot be reached (displays say "disconnected").
@@ -147,12 +152,14 @@ class TaskMonitor:
         """
         check_observable(self.app)
         fresh = []
+        origin = self.app.conf.result_backend
         with self._lock:
             for tid in task_ids:
                 tid = str(tid)
                 if tid in self._snapshots:
                     continue
                 self._snapshots[tid] = TaskSnapshot(task_id=tid, received_at=time.monotonic())
+                self._origin[tid] = origin
                 self._unfinished.add(tid)
                 self._to_subscribe.add(tid)
                 fresh.append(tid)
@@ -273,6 +280,7 @@ class TaskMonitor:
             self._payloads[tid] = payload
             if snap.ready and tid in self._unfinished:
                 self._unfinished.discard(tid)
+                self._origin.pop(tid, None)
                 self._to_unsubscribe.add(tid)
                 self._changed.notify_all()
             callbacks = [self._listeners[t] for t in self._global | self._by_task.get(tid, set()) if t in self._listeners]
@@ -367,7 +375,12 @@ class TaskMonitor:
                 entry[2] = 0.0
 
     def _after_restart(self, source: BackendSource) -> None:
-        """Mark tasks LOST whose messages a restarted, non-persistent server cannot have kept."""
+        """Mark tasks LOST whose messages a restarted, non-persistent server cannot have kept,
+        or whose server the app no longer uses."""
+        with self._lock:
+            gone = [t for t in self._unfinished if self._origin.get(t, source.url) != source.url]
+        for tid in gone:
+            self._apply(replace_state(self._snapshots[tid], LOST, MOVED_INFO), None, force=True)
         run = source.server_run()
         if run is None:
             return

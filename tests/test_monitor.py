@@ -127,3 +127,23 @@ def test_cache_backend_is_polled(app):
     snap = mon.wait([tid], timeout=10)[tid]
     assert mon.mode == "poll" and snap.info == 7
     mon.stop()
+
+
+def test_tasks_of_a_stopped_cluster_end_lost_instead_of_being_swept_forever(app):
+    """A cluster stopped with tasks still queued: once the app uses a new server, those tasks can
+    never be followed; they end LOST (and leave the reconcile sweep) instead of staying PENDING."""
+    import celerynb
+    from celerynb.monitor import LOST, MOVED_INFO
+    from celerynb.workers.tasks import analyze_content
+
+    first = celerynb.start(workers=1, queues=["default"])
+    stranded = analyze_content.apply_async(("never runs",), queue="nobody-consumes-this")
+    mon = get_monitor(app)
+    mon.track([stranded.id])
+    first.stop()
+    celerynb.start()
+    fresh = analyze_content.delay("runs on the new cluster")
+    snaps = mon.wait([stranded.id, fresh.id], timeout=30)
+    assert snaps[fresh.id].state == "SUCCESS"
+    assert snaps[stranded.id].state == LOST and snaps[stranded.id].info == MOVED_INFO
+    assert stranded.id not in mon._unfinished

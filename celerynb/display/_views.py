@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import states
 
-from ..monitor import LOST, TaskSnapshot
+from ..monitor import LOST, MOVED_INFO, TaskSnapshot
 
 BAR_STYLES = {
     states.PENDING: "",
@@ -109,7 +109,10 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
     elif state == states.REVOKED:
         detail = "REVOKED (cancelled)"
     elif state == LOST:
-        error = "the server restarted without persistence: submit again"
+        error = (
+            "the cluster it was sent to is gone" if snap.info == MOVED_INFO
+            else "the server restarted without persistence: submit again"
+        )
         detail = f"LOST ({error})"
     if snap.redeliveries:
         detail += f" (redelivered {snap.redeliveries}x after a worker was lost)"
