@@ -177,6 +177,9 @@ def risky_task(self, arg: Any, base_delay: float = 1.0) -> dict[str, Any]:
             meta={
                 "exc_type": type(exc).__name__,
                 "exc_message": str(exc),
+                # Not in the guide: lets a client that reads this state rebuild the real
+                # exception class (the final FAILURE, stored when the exception propagates, has it).
+                "exc_module": type(exc).__module__,
                 "custom_error": "Task encountered an error",
             },
         )
