@@ -25,6 +25,14 @@ from .workers.consumer import Consumer as _NotebookConsumer
 logger = logging.getLogger("celerynb.worker")
 
 
+#: Longest wait before a worker's loop notices a stop.
+_STOP_CHECK_INTERVAL = 0.1
+
+
+def _noop() -> None:
+    """Wakes the event loop (see ``_STOP_CHECK_INTERVAL``)."""
+
+
 class _ThreadWorkController(WorkController):
     """A WorkController that signals readiness through an event."""
 
@@ -97,6 +105,11 @@ class InProcessWorker:
             without_gossip=True,
             optimization="fair",
         )
+        hub = getattr(controller, "hub", None)
+        if hub is not None:
+            # The loop checks Celery's stop flags once per turn, and a turn can wait up to 10 s
+            # for the broker (AMQP): a short timer keeps a stop prompt on every transport.
+            hub.call_repeatedly(_STOP_CHECK_INTERVAL, _noop)
         self.thread = threading.Thread(target=self._run, name=f"celerynb-worker-{self.hostname}", daemon=True)
         deadline = time.monotonic() + timeout
         self.thread.start()
@@ -137,6 +150,10 @@ class InProcessWorker:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
+#: Extra seconds a worker still stopping after ``timeout`` gets once told to stop cold.
+_COLD_GRACE = 2.0
+
+
 def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exit: bool = False) -> list[str]:
     """Stop all in-process workers together; return the ids of tasks that were still running.
 
@@ -144,6 +161,9 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
     warm: consuming ends at once and running tasks may finish until ``timeout`` (which bounds
     the whole stop, not each worker); tasks still running then are returned, their threads
     left to end on their own. At interpreter exit the stop is cold: tasks are not waited for.
+    A worker is only ever stopped from its own thread, through the flags: stopping it from
+    here would do I/O on its broker connection concurrently with it (an AMQP connection then
+    reads garbage frames and hangs).
     """
     live = [w for w in workers if w.alive]
     deadline = time.monotonic() + timeout
@@ -152,16 +172,16 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
             state.should_terminate = 0
         else:
             state.should_stop = 0
-        for worker in live:
-            worker.thread.join(max(0.0, deadline - time.monotonic()))
+        _join(live, deadline)
+        late = [w for w in live if w.alive and _still_consuming(w.controller)]
+        if late and not at_exit:
+            state.should_terminate = 0
+            _join(late, time.monotonic() + _COLD_GRACE)
+            for worker in late:
+                if worker.alive and _still_consuming(worker.controller):
+                    _end_loop(worker.controller)
+                    logger.warning("in-process worker %s did not stop in time; left to end", worker.hostname)
     for worker in workers:
-        if worker.alive and worker.controller is not None and not at_exit and _still_consuming(worker.controller):
-            # It never saw the flag: stop it explicitly (cold, so that this does not wait on a
-            # task) before the flag is reset below.
-            try:
-                worker.controller.terminate(in_sighandler=False)
-            except Exception:  # noqa: BLE001
-                logger.debug("explicit stop of %s failed", worker.hostname, exc_info=True)
         if worker.controller is not None:
             worker._shutdown_pool_executor()
     still = [req.id for req in list(state.active_requests)]
@@ -171,8 +191,22 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
     return still
 
 
-def _still_consuming(controller: WorkController) -> bool:
+def _join(workers: list[InProcessWorker], deadline: float) -> None:
+    for worker in workers:
+        worker.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _still_consuming(controller: WorkController | None) -> bool:
     from celery.bootsteps import RUN
 
     blueprint = getattr(controller, "blueprint", None)
     return blueprint is not None and blueprint.state == RUN
+
+
+def _end_loop(controller: WorkController) -> None:
+    """Make the consumer's loop end at its next turn, once the process-wide flags are reset."""
+    from celery.bootsteps import CLOSE
+
+    consumer = getattr(controller, "consumer", None)
+    if consumer is not None and consumer.blueprint is not None:
+        consumer.blueprint.state = CLOSE

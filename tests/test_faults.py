@@ -149,6 +149,7 @@ def test_binary_failing_at_start_says_so_and_the_cluster_recovers(app, monkeypat
     broken.write_text("#!/bin/sh\necho 'FATAL: cannot allocate the memory it needs' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setenv("CELERYNB_SERVER_BINARY", str(broken))
+    server.stop_shared_server()  # one may have been started on demand by an earlier import or test
     with pytest.raises(server.ServerError) as info:
         celerynb.start()
     message = str(info.value)
