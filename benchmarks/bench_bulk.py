@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 def _purge(app) -> None:
     """Drop the repeat's messages, and the monitor that followed them (its sweeps would
     otherwise compete with the next timed repeat for the GIL)."""
-    from celerynb.monitor import forget_monitors
+    from celerynb.tracking.monitor import forget_monitors
 
     with app.connection_for_write() as conn:
         for queue in app.amqp.queues.values():
@@ -38,7 +38,7 @@ def _purge(app) -> None:
 def run(quick: bool = False) -> dict[str, float]:
     import celerynb
     from celerynb.bulk import map as bulk_map
-    from celerynb.monitor import get_monitor
+    from celerynb.tracking.monitor import get_monitor
 
     from _bench_tasks import bench_square
 

@@ -76,7 +76,7 @@ def _compare(app: Celery, pool: str, concurrency: int, n: int, warmup: int, roun
 
 def run(quick: bool = False) -> dict[str, float]:
     """Measure both pools; ``quick`` takes fewer samples (seconds instead of tens of seconds)."""
-    from celerynb import server
+    from celerynb.cluster import server
     from celerynb.workers import urls
     from celerynb.workers.celery_app import app
 

@@ -35,8 +35,8 @@ def _commands(client) -> int:
 def _sweep(app, n: int, repeats: int) -> dict[str, float]:
     from celery.result import AsyncResult
 
-    from celerynb._backend_source import BackendSource
-    from celerynb.monitor import TaskMonitor
+    from celerynb.tracking.backend_source import BackendSource
+    from celerynb.tracking.monitor import TaskMonitor
 
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for tid in ids:
@@ -61,8 +61,8 @@ def _sweep(app, n: int, repeats: int) -> dict[str, float]:
 
 
 def _latency(app, samples: int) -> float:
-    from celerynb._inprocess import InProcessWorker, stop_workers
-    from celerynb.monitor import get_monitor
+    from celerynb.cluster.inkernel import InProcessWorker, stop_workers
+    from celerynb.tracking.monitor import get_monitor
 
     @app.task(bind=True, name="bench.ticker")
     def ticker(self, n):
@@ -87,7 +87,7 @@ def _latency(app, samples: int) -> float:
 def _await_cost(app, client, n: int) -> dict[str, float]:
     from celery.result import AsyncResult
 
-    from celerynb import results
+    from celerynb.tracking import awaiting as results
 
     async def finish_later(ids, delay):
         await asyncio.sleep(delay)
@@ -134,7 +134,7 @@ def _await_cost(app, client, n: int) -> dict[str, float]:
 
 def _submit_ratio(app, n: int) -> float:
     from celerynb.display.table import TaskTable
-    from celerynb.submitted import enable_submit_log
+    from celerynb.tracking.submitted import enable_submit_log
 
     enable_submit_log()
 
@@ -159,7 +159,7 @@ def _submit_ratio(app, n: int) -> float:
 
 
 def _watch_cpu(app, n: int, seconds: float) -> float:
-    from celerynb.monitor import TaskMonitor
+    from celerynb.tracking.monitor import TaskMonitor
 
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for tid in ids:
@@ -178,7 +178,7 @@ def _watch_cpu(app, n: int, seconds: float) -> float:
 def run(quick: bool = False) -> dict[str, float]:
     import redis
 
-    from celerynb.server import EmbeddedServer
+    from celerynb.cluster.server import EmbeddedServer
 
     srv = EmbeddedServer().start()
     try:

@@ -8,7 +8,7 @@ Per size N (1k, 10k, 50k; ``--quick``: 1k, 5k), figures named ``<figure>_<N>``:
 
 - ``submit_us_per_task_map`` / ``submit_us_per_task_delay``: ``celerynb.map`` of N trivial
   tasks / a Python loop of ``.delay()``, same app, same process; ``bulk_speedup`` is their ratio.
-- ``await_us_per_task``: ``celerynb.results.gather`` of the N mapped tasks, all finished, by a
+- ``await_us_per_task``: ``celerynb.gather`` of the N mapped tasks, all finished, by a
   fresh monitor that has seen none of them (track + subscribe + read + decode + resolve).
 - ``sweep_us_per_task``: one reconcile sweep of the monitor over the N tasks, steady state (as in
   ``bench_monitor``: payloads read and compared, only changes decoded); ``sweep_cold_us_per_task``:
@@ -67,10 +67,10 @@ def _one_size(n: int) -> dict[str, float]:
 
     from celery import Celery
 
-    from celerynb import results
-    from celerynb._backend_source import BackendSource
     from celerynb.bulk import map as bulk_map
-    from celerynb.monitor import forget_monitors, get_monitor
+    from celerynb.tracking import awaiting as results
+    from celerynb.tracking.backend_source import BackendSource
+    from celerynb.tracking.monitor import forget_monitors, get_monitor
 
     url = os.environ[_URL_ENV]
     app = Celery("bench-scaling", broker=url, backend=url)
@@ -146,7 +146,7 @@ def _label(n: int) -> str:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    from celerynb.server import EmbeddedServer
+    from celerynb.cluster.server import EmbeddedServer
 
     sizes = [1000, 5000] if quick else [1000, 10_000, 50_000]
     srv = EmbeddedServer().start()

@@ -1,8 +1,9 @@
 """celerynb: Celery in Jupyter, with an embedded server, in-kernel workers and live progress.
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
-:func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`track`,
-:func:`wait`, :func:`gather`, :func:`map`, and the IPython extension (``%load_ext celerynb``).
+:func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`,
+:func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
+users catch, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
 lazily, on first use of their names.
@@ -12,23 +13,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
-from .apps import restore, use
-from .cluster import LocalCluster, current, start, stop
-from .connect import connect
+from celerynb._version import __version__
+from celerynb.cluster.apps import AppNotFound
+from celerynb.cluster.connect import connect
+from celerynb.cluster.local import ClusterError, LocalCluster, current
+from celerynb.cluster.processes import WorkerProcessError
+from celerynb.cluster.server import ServerError
+from celerynb.cluster.session import restore, start, stop, use
+from celerynb.config.reachability import BrokerUnreachable
+from celerynb.workers.base import ArgumentNotSerializable
+from celerynb.workers.cells import CellRefused
+from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 
+# ``map`` is reached as ``celerynb.map`` and left out of ``__all__``: ``from celerynb import *``
+# must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "track", "wait", "gather", "map",
+    "progress", "TaskTable", "track", "raise_if_cancelled", "wait", "gather",
+    "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
+    "CellRefused", "ClusterError", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
 
 _LAZY = {
     "progress": ("celerynb.display.progress", "progress"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
-    "track": ("celerynb.workers.track", "track"),
-    "wait": ("celerynb.results", "wait"),
-    "gather": ("celerynb.results", "gather"),
+    "wait": ("celerynb.tracking.awaiting", "wait"),
+    "gather": ("celerynb.tracking.awaiting", "gather"),
     "map": ("celerynb.bulk", "map"),
+    "BulkSubmitError": ("celerynb.bulk", "BulkSubmitError"),
+    "BackendNotObservable": ("celerynb.tracking.backend_source", "BackendNotObservable"),
 }
 
 
@@ -49,13 +62,13 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ip) -> None:  # noqa: ANN001 - IPython's signature
     """``%load_ext celerynb``."""
-    from .extension import load
+    from celerynb.notebook.extension import load
 
     load(ip)
 
 
 def unload_ipython_extension(ip) -> None:  # noqa: ANN001
     """``%unload_ext celerynb``."""
-    from .extension import unload
+    from celerynb.notebook.extension import unload
 
     unload(ip)

@@ -74,24 +74,23 @@ class ClusterHandle:
 
     def ensure(self) -> Any:
         """The running cluster, started (on a private embedded server) when needed."""
-        from . import cluster as _cluster
-        from . import server
-        from .workers import urls
+        from celerynb.cluster import apps, local, server
+        from celerynb.workers import urls
 
         if self.cluster is not None and self.cluster.running:
             return self.cluster
-        running = _cluster.current()
+        running = local.current()
         if running is not None and running.app is not self.app:
             raise RuntimeError(
                 "celerynb_cluster: another LocalCluster already runs in this process; stop it first."
             )
         if running is None:
-            if self.app is not _cluster.default_app() and self._saved_urls is None:
+            if self.app is not apps.current_app() and self._saved_urls is None:
                 self._saved_urls = (self.app.conf.broker_url, self.app.conf.result_backend)
             # Always a private server: never the CI's CELERY_BROKER_URL or a `celerynb up` cluster.
             shared = server.shared_server()
             urls.apply(self.app, shared.url, shared.url, "embedded")
-            running = _cluster.LocalCluster(self.app, **self.options).start()
+            running = local.LocalCluster(self.app, **self.options).start()
         self.cluster = running
         if running.server is not None and running.server.pid:
             self.server_pids.add(running.server.pid)
@@ -99,8 +98,8 @@ class ClusterHandle:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the cluster and wait until every server process it started has exited."""
-        from . import server
-        from .workers import urls
+        from celerynb.cluster import server
+        from celerynb.workers import urls
 
         if self.cluster is not None and self.cluster.running:
             self.cluster.stop()
@@ -142,9 +141,9 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def celerynb_user_app() -> Any:
     """The Celery app under test; override this fixture to return your own app."""
-    from .cluster import default_app
+    from celerynb.cluster.apps import current_app
 
-    return default_app()
+    return current_app()
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,7 @@ def pytest_sessionfinish(session, exitstatus):
     import celerynb
 
     celerynb.stop()
-    from celerynb import server
+    from celerynb.cluster import server
 
     server.stop_shared_server()
     deadline = time.monotonic() + 10

@@ -12,9 +12,9 @@ import pytest
 import redis as redis_sync
 from celery import Celery
 
+from celerynb.cluster.server import free_port
 from celerynb.messaging.bridge import redis_celery_bridge
 from celerynb.messaging.redis import AsyncRedisClient, RedisPubSub
-from celerynb.server import free_port
 
 
 def run(coro, timeout: float = 120):

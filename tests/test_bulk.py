@@ -12,10 +12,12 @@ from celery.result import GroupResult
 from conftest import wait_for
 
 import celerynb
-from celerynb import connectivity, server
-from celerynb.bulk import BulkSubmitError, _plain_repr
+from celerynb.bulk import BulkSubmitError
 from celerynb.bulk import map as bulk_map
-from celerynb.monitor import get_monitor
+from celerynb.bulk.messages import plain_repr
+from celerynb.cluster import server
+from celerynb.config import reachability as connectivity
+from celerynb.tracking.monitor import get_monitor
 from celerynb.workers.base import ArgumentNotSerializable
 from celerynb.workers.celery_app import app as nb_app
 
@@ -104,12 +106,12 @@ def test_messages_match_apply_async_except_per_task_fields(app):
 def test_plain_repr_is_exactly_celerys_saferepr(args):
     from celery.utils.saferepr import saferepr
 
-    assert _plain_repr(args, 1024) == saferepr(args, 1024)
+    assert plain_repr(args, 1024) == saferepr(args, 1024)
 
 
 def test_plain_repr_leaves_everything_else_to_celery():
-    assert _plain_repr(("text",), 1024) is None
-    assert _plain_repr((10**2000,), 1024) is None
+    assert plain_repr(("text",), 1024) is None
+    assert plain_repr((10**2000,), 1024) is None
 
 
 def test_cell_tasks_keep_their_header(app, tmp_path, monkeypatch):
@@ -211,7 +213,7 @@ def test_broker_dying_mid_map_reports_what_was_sent(app):
 
 
 def test_rabbitmq_broker_falls_back_to_one_publish_per_message(rabbitmq_url, redis7_url):
-    from celerynb._inprocess import InProcessWorker, stop_workers
+    from celerynb.cluster.inkernel import InProcessWorker, stop_workers
 
     other = Celery("bulk-amqp", broker=rabbitmq_url, backend=redis7_url)
     other.config_from_object("celerynb.workers.settings")
@@ -318,7 +320,7 @@ def test_a_foreign_publish_receiver_sees_every_message(app):
 
 
 def test_submit_log_records_every_mapped_task(app):
-    from celerynb.submitted import enable_submit_log, submitted
+    from celerynb.tracking.submitted import enable_submit_log, submitted
 
     enable_submit_log()
     cluster = celerynb.LocalCluster(workers=0).start()

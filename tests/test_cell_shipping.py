@@ -167,7 +167,7 @@ def test_worker_on_another_host_runs_cell_tasks(app, netns_host, tmp_path, monke
     from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
     import celerynb
-    from celerynb.server import EmbeddedServer
+    from celerynb.cluster.server import EmbeddedServer
 
     key = "k" * 64
     monkeypatch.setenv(cells.KEY_ENV, key)

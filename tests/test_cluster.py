@@ -8,7 +8,8 @@ import socket
 import pytest
 
 import celerynb
-from celerynb import config, server
+from celerynb import config
+from celerynb.cluster import server
 
 
 def test_first_task_starts_embedded_server_and_worker(app):
@@ -59,7 +60,7 @@ def test_stop_then_start_again_in_one_process(app):
     assert analyze_content.delay("One two three. Four.").get(timeout=10)["words"] == 4
     celerynb.stop()
     assert first.running is False
-    assert not config._pid_alive(pid) or psutil_status_zombie(pid)
+    assert not config.pid_alive(pid) or psutil_status_zombie(pid)
     second = celerynb.start()
     assert second is not first and second.server.pid != pid
     assert analyze_content.delay("Five six.").get(timeout=10)["words"] == 2
@@ -85,7 +86,7 @@ def test_context_manager_stops_everything(app):
 
 
 def test_second_cluster_is_refused_while_one_runs(cluster):
-    with pytest.raises(celerynb.cluster.ClusterError, match="already runs"):
+    with pytest.raises(celerynb.ClusterError, match="already runs"):
         celerynb.LocalCluster(cluster.app).start()
 
 

@@ -10,7 +10,9 @@ import sys
 import pytest
 from celery import Celery
 
-from celerynb import config, connectivity, server
+from celerynb import config
+from celerynb.cluster import server
+from celerynb.config import reachability as connectivity
 from celerynb.workers import urls
 
 BROKER_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")
@@ -167,7 +169,7 @@ def test_connect_to_explicit_url_starts_no_embedded_server(runtime, private_serv
     """A fresh process that connects elsewhere must not start a server it will never use."""
     code = (
         "import celerynb, sys\n"
-        "from celerynb import server\n"
+        "from celerynb.cluster import server\n"
         "celerynb.connect(sys.argv[1], workers=False)\n"
         "print(server.shared_server(start=False))\n"
     )

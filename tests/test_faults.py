@@ -14,7 +14,8 @@ import pytest
 from conftest import RABBITMQ_URL, REDIS_URL, reachable, wait_for
 
 import celerynb
-from celerynb import connectivity, server
+from celerynb.cluster import server
+from celerynb.config import reachability as connectivity
 from celerynb.workers import tasks
 
 FAST = 5.0  # seconds within which a bad broker must be reported

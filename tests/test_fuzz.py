@@ -16,7 +16,7 @@ from IPython.utils.capture import capture_output
 
 import celerynb
 from celerynb.bulk import map as bulk_map
-from celerynb.monitor import TaskSnapshot, get_monitor
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.workers.base import ArgumentNotSerializable
 from celerynb.workers.celery_app import app as nb_app
 

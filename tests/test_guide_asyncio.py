@@ -80,7 +80,7 @@ def test_guide_bridge_runs_as_written(cluster, app):
 
 
 def test_nested_asyncio_is_never_applied_in_a_celery_command(monkeypatch):
-    from celerynb import _asyncio_support
+    from celerynb.notebook import nested_asyncio as _asyncio_support
 
     monkeypatch.setattr(sys, "argv", ["celery", "-A", "celerynb.workers.celery_app", "worker"])
     monkeypatch.setattr(_asyncio_support, "_applied", None)
@@ -89,10 +89,10 @@ def test_nested_asyncio_is_never_applied_in_a_celery_command(monkeypatch):
 
 
 ENABLE = {
-    "direct": "from celerynb._asyncio_support import enable_nested_asyncio\n"
+    "direct": "from celerynb.notebook.nested_asyncio import enable_nested_asyncio\n"
               "print(enable_nested_asyncio(), enable_nested_asyncio())",
     "load_ext": "%load_ext celerynb\n%load_ext celerynb\n"
-                "from celerynb._asyncio_support import nested_asyncio_enabled\nprint(nested_asyncio_enabled())",
+                "from celerynb.notebook.nested_asyncio import nested_asyncio_enabled\nprint(nested_asyncio_enabled())",
 }
 
 

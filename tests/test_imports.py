@@ -29,3 +29,32 @@ def test_importing_starts_no_server():
     code = "import celerynb, celerynb.workers.tasks, psutil; print(len(psutil.Process().children()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_star_import_keeps_the_builtin_map_and_brings_the_exceptions():
+    code = (
+        "import builtins\n"
+        "from celerynb import *\n"
+        "assert map is builtins.map, map\n"
+        "import celerynb\n"
+        "assert callable(celerynb.map) and celerynb.map is not builtins.map\n"
+        "names = ['ClusterError', 'ServerError', 'WorkerProcessError', 'BrokerUnreachable', 'AppNotFound',\n"
+        "         'BulkSubmitError', 'ArgumentNotSerializable', 'BackendNotObservable', 'CellRefused',\n"
+        "         'TaskCancelled', 'raise_if_cancelled']\n"
+        "missing = [n for n in names if n not in dir()]\n"
+        "assert not missing, missing\n"
+        "assert all(issubclass(globals()[n], Exception) for n in names if n != 'raise_if_cancelled')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr[-1500:]
+
+
+def test_exported_exceptions_are_the_ones_raised():
+    import celerynb
+    from celerynb.bulk.calls import BulkSubmitError
+    from celerynb.cluster.local import ClusterError
+    from celerynb.config.reachability import BrokerUnreachable
+
+    assert celerynb.ClusterError is ClusterError and celerynb.BrokerUnreachable is BrokerUnreachable
+    assert celerynb.BulkSubmitError is BulkSubmitError

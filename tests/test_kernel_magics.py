@@ -60,14 +60,42 @@ def test_eager_on_off_in_kernel(kernel):
     assert on_worker.text == "6"
 
 
-def test_unload_and_reload(kernel):
+_NESTED_RUN = "import asyncio\nasync def one():\n    return 1\nasyncio.run(one())"
+_SHOWN_AS_PROGRESS = (
+    "from celery.result import AsyncResult\n"
+    "type(get_ipython().display_formatter.ipython_display_formatter.lookup(AsyncResult('x'))).__name__"
+)
+
+
+def test_unload_undoes_everything_load_did_and_reload_brings_it_back(kernel):
+    before = kernel.run(_NESTED_RUN)
+    assert "cannot be called from a running event loop" in str(before.error) + before.stderr
     kernel.run("%load_ext celerynb")
+    assert kernel.run(_NESTED_RUN).text == "1"
+    assert kernel.run(_SHOWN_AS_PROGRESS).text == "'function'"
     kernel.run("%unload_ext celerynb")
     gone = kernel.run("%celery status")
     assert "Line magic function `%celery` not found" in gone.stderr + str(gone.error)
+    assert "Cell magic `%%celery_task` not found" in kernel.run("%%celery_task\ndef f():\n    pass\n").stderr
+    # asyncio.run refuses again, results display as plain reprs, and publishing records nothing.
+    after = kernel.run(_NESTED_RUN)
+    assert "cannot be called from a running event loop" in str(after.error) + after.stderr
+    shown = kernel.run(_SHOWN_AS_PROGRESS)
+    assert "KeyError" in str(shown.error) + shown.stderr
+    # A published task (the signal Celery sends after publishing) is no longer recorded.
+    def published(tid: str) -> str:
+        return ("from celery.signals import after_task_publish\n"
+                "from celerynb.tracking.submitted import submitted\n"
+                f"after_task_publish.send(sender='t', headers={{'id': {tid!r}, 'task': 't'}}, body=None)\n"
+                f"submitted.get({tid!r}) is not None")
+
+    assert kernel.run(published("after-unload")).text == "False"
+    assert kernel.run("hasattr(get_ipython(), '_celerynb_magics')").text == "False"
     kernel.run("%reload_ext celerynb")
     back = kernel.run("%celery status")
     assert back.status == "ok" and "no local cluster" in back.text
+    assert kernel.run(_NESTED_RUN).text == "1"
+    assert kernel.run(published("after-reload")).text == "True"
 
 
 def test_shutdown_with_running_cluster_is_prompt_and_clean(kernel):

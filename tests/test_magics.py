@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import celerynb
-from celerynb import cluster as cluster_mod
+from celerynb.cluster import local as cluster_mod
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_connect_to_machine_redis_runs_cell_tasks_there(ip, app, redis7_url):
 
 
 def test_connect_to_dead_broker_fails_fast_with_masked_url(ip):
-    from celerynb.server import free_port
+    from celerynb.cluster.server import free_port
 
     port = free_port()
     with pytest.raises(UsageError, match=rf"Cannot reach redis://:\*\*\*@127.0.0.1:{port}/0") as err:

@@ -11,9 +11,9 @@ import pytest
 import redis as redis_sync
 from conftest import reachable
 
-from celerynb import connectivity
+from celerynb.cluster.server import EmbeddedServer, free_port
+from celerynb.config import reachability as connectivity
 from celerynb.messaging.redis import AsyncRedisClient, NotConnected, RedisPubSub, default_url
-from celerynb.server import EmbeddedServer, free_port
 
 REDIS7_URL = "redis://127.0.0.1:6379/13"
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 from conftest import wait_for
 
-from celerynb.monitor import TaskSnapshot, get_monitor
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_tasks_of_a_stopped_cluster_end_lost_instead_of_being_swept_forever(app)
     """A cluster stopped with tasks still queued: once the app uses a new server, those tasks can
     never be followed; they end LOST (and leave the reconcile sweep) instead of staying PENDING."""
     import celerynb
-    from celerynb.monitor import LOST, MOVED_INFO
+    from celerynb.tracking.snapshot import LOST, MOVED_INFO
     from celerynb.workers.tasks import analyze_content
 
     first = celerynb.start(workers=1, queues=["default"])

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import celerynb
-from celerynb import apps
+from celerynb.cluster import apps, session
 
 PROJECTS = Path(__file__).parent / "projects"
 
@@ -28,9 +28,9 @@ def ip(app, tmp_path, monkeypatch):
     shell.run_line_magic("load_ext", "celerynb")
     yield shell
     celerynb.stop()
-    for saved_app, _ in list(apps._saved.values()):
-        apps.restore(saved_app)
-    apps.use(apps.celerynb_app())
+    for saved_app in apps.saved_apps():
+        session.restore(saved_app)
+    session.use(apps.celerynb_app())
     shell.run_line_magic("unload_ext", "celerynb")
     TerminalInteractiveShell.clear_instance()
 
@@ -60,7 +60,7 @@ def test_use_local_runs_project_tasks_and_cell_tasks_then_restores(ip):
 
 def test_lookup_rules_of_celery_dash_a(ip):
     for path in ("proj", "proj.celery", "proj.celery:app"):
-        assert apps.use(path).main == "proj"
+        assert session.use(path).main == "proj"
     with pytest.raises(UsageError, match="Cannot import 'nosuchproject'"):
         ip.run_line_magic("celery", "use nosuchproject")
     with pytest.raises(UsageError, match="nothing to restore"):

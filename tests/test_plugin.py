@@ -175,7 +175,7 @@ def test_plugin_import_is_cheap_and_inert():
         "import celerynb.testing;"
         "assert dict(os.environ) == env; assert threading.active_count() == n;"
         "assert 'celerynb.workers.celery_app' not in sys.modules; assert 'IPython' not in sys.modules;"
-        "from celerynb import server; assert server.shared_server(start=False) is None; print('ok')"
+        "from celerynb.cluster import server; assert server.shared_server(start=False) is None; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr

@@ -12,7 +12,7 @@ from conftest import wait_for
 from celerynb.display import _views
 from celerynb.display.progress import WidgetProgress, progress, widgets_available
 from celerynb.display.text import TextProgress
-from celerynb.monitor import TaskSnapshot, get_monitor
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.workers.track import track
 
 

@@ -34,7 +34,7 @@ from conftest import wait_for
 
 import celerynb
 from celerynb.bulk import map as bulk_map
-from celerynb.monitor import LOST, get_monitor
+from celerynb.tracking.monitor import LOST, get_monitor
 
 pytestmark = pytest.mark.reliability
 
@@ -255,7 +255,7 @@ def test_no_password_in_any_repr_or_display(cluster, task_module):
 
 def test_saved_notebooks_hold_no_live_password():
     """Scans whatever tutorial notebooks exist (passes when there are none yet)."""
-    live = [s.password for s in [__import__("celerynb.server", fromlist=["x"]).shared_server(start=False)] if s]
+    live = [s.password for s in [__import__("celerynb.cluster.server", fromlist=["x"]).shared_server(start=False)] if s]
     for path in sorted((ROOT / "notebooks").glob("**/*.ipynb")):
         text = path.read_text(errors="replace")
         match = UNMASKED.search(text)

@@ -1,4 +1,4 @@
-"""``celerynb.results.wait`` / ``gather``: asyncio futures resolved by the shared monitor."""
+"""``celerynb.wait`` / ``gather``: asyncio futures resolved by the shared monitor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from celerynb import results
-from celerynb.monitor import get_monitor
+from celerynb.tracking import awaiting as results
+from celerynb.tracking.monitor import get_monitor
 
 
 def test_wait_returns_value(cluster):

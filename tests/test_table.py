@@ -6,7 +6,7 @@ import pytest
 from conftest import wait_for
 
 from celerynb.display.table import TaskTable
-from celerynb.monitor import get_monitor
+from celerynb.tracking.monitor import get_monitor
 
 
 def test_table_of_given_results(cluster):

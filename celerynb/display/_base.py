@@ -13,10 +13,12 @@ from typing import Any
 
 from celery import Celery
 
-from ..monitor import get_monitor, task_name
-from ..results import outcome
-from . import _views
-from ._templates import summary_html
+from celerynb import _compat
+from celerynb.display import _views
+from celerynb.display._templates import summary_html
+from celerynb.tracking.awaiting import outcome
+from celerynb.tracking.monitor import get_monitor
+from celerynb.tracking.snapshot import task_name
 
 #: Up to this many tasks, one bar per task; more get one aggregate bar.
 FEW = 10
@@ -79,10 +81,8 @@ def cancel_tasks(app: Celery, task_ids: list[str]) -> None:
     """
     if not task_ids:
         return
-    from celery.worker import state
-
     for tid in task_ids:  # in-kernel workers: visible at once, before the broadcast arrives
-        state.revoked.add(tid)
+        _compat.mark_revoked(tid)
     app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
 
 
@@ -196,7 +196,7 @@ class ProgressDisplay:
             TimeoutError: some task is still running after ``timeout`` seconds.
         """
         if timeout is None:
-            from ..config import default_wait_timeout
+            from celerynb.config import default_wait_timeout
 
             timeout = default_wait_timeout()  # bounded in CI / CELERYNB_NONINTERACTIVE=1
         self.monitor.wait(self.ids, timeout)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from ._views import GroupView, TaskView, counts_text
+from celerynb.display._views import GroupView, TaskView, counts_text
 
 BOX = (
     "font-family: var(--jp-ui-font-family, sans-serif); font-size: var(--jp-ui-font-size1, 13px);"

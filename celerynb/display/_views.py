@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import states
 
-from ..monitor import LOST, MOVED_INFO, TaskSnapshot
+from celerynb.tracking.snapshot import LOST, MOVED_INFO, TaskSnapshot
 
 BAR_STYLES = {
     states.PENDING: "",

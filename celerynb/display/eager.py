@@ -20,7 +20,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     global last_display
     if task is None or not task.request.is_eager or threading.current_thread() is not threading.main_thread():
         return
-    from .progress import progress
+    from celerynb.display.progress import progress
 
     last_display = progress(task.AsyncResult(task_id))
 

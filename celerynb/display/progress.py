@@ -10,17 +10,18 @@ from typing import Any
 
 from celery import Celery
 
-from ..results import seed_eager, task_ids_of
-from . import _views
-from ._base import ProgressDisplay, current_cell, ipython
-from ._templates import e, state_badge
-from .text import TextProgress
+from celerynb import _compat
+from celerynb.display import _views
+from celerynb.display._base import ProgressDisplay, current_cell, ipython
+from celerynb.display._templates import e, state_badge
+from celerynb.display.text import TextProgress
+from celerynb.tracking.awaiting import seed_eager, task_ids_of
 
 
 def widgets_available() -> bool:
     """Widgets render only in a kernel with ipywidgets, and never in CI (``CI=true``) or with
     ``CELERYNB_NONINTERACTIVE=1`` (see :func:`celerynb.config.noninteractive`)."""
-    from ..config import noninteractive
+    from celerynb.config import noninteractive
 
     if noninteractive():
         return False
@@ -105,7 +106,7 @@ class WidgetProgress(ProgressDisplay):
 
     # -- output ----------------------------------------------------------------------------
     def _bundle(self, final: bool) -> dict[str, Any]:
-        data = dict(self.box._repr_mimebundle_())
+        data = _compat.widget_mimebundle(self.box)
         data["text/plain"] = self.text()
         if final:
             data["text/html"] = self.summary_html()
@@ -166,7 +167,7 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
     cls = WidgetProgress if use_widget else TextProgress
     display = cls(ids, app or found_app)
     if wait and not use_widget:
-        from ..config import noninteractive
+        from celerynb.config import noninteractive
 
         if noninteractive():
             # No live output in CI: the one display is the final state, so nbval sees the same

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import Celery
 
-from .. import config
-from ..workers import urls
-from .cards import _MUTED, _STYLE, cluster_card
+from celerynb import config
+from celerynb.display.cards import _MUTED, _STYLE, cluster_card
+from celerynb.workers import urls
 
 
 def notebook_tasks(app: Celery) -> list[Any]:
@@ -45,7 +45,7 @@ class ClusterStatus:
         if ask_workers and urls.source_of(app) and not app.conf.task_always_eager and (
             urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
         ):
-            from ..inspect import cell_support
+            from celerynb.cluster.queues import cell_support
 
             local = {w["name"] for w in (self.status or {}).get("workers", []) if w["kind"] == "thread"}
             try:

@@ -12,11 +12,12 @@ from typing import Any
 
 from celery import Celery
 
-from ..monitor import TaskSnapshot, get_monitor
-from ..results import seed_eager, task_ids_of
-from ..submitted import enable_submit_log, submitted
-from . import _views
-from ._templates import BOX, MUTED, bar_html, e, state_badge
+from celerynb import _compat
+from celerynb.display import _views
+from celerynb.display._templates import BOX, MUTED, bar_html, e, state_badge
+from celerynb.tracking.awaiting import seed_eager, task_ids_of
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
+from celerynb.tracking.submitted import enable_submit_log, submitted
 
 COLUMNS = ("id", "name", "state", "progress", "args", "worker", "started", "runtime", "result")
 REFRESH_EVERY = 0.5
@@ -185,7 +186,7 @@ class TaskTable:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        from .progress import widgets_available
+        from celerynb.display.progress import widgets_available
 
         if not widgets_available():
             display({"text/plain": repr(self), "text/html": self._repr_html_()}, raw=True)
@@ -195,7 +196,7 @@ class TaskTable:
         if self._widget is None:
             self._widget = w.HTML(self._repr_html_())
             self._widget.add_class("celerynb-task-table")
-        data = dict(self._widget._repr_mimebundle_())
+        data = _compat.widget_mimebundle(self._widget)
         data["text/plain"] = repr(self)
         data["text/html"] = self._repr_html_()
         display(data, raw=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._base import ProgressDisplay, attached_to, current_cell, ipython
-from ._views import GroupView, TaskView
+from celerynb.display._base import ProgressDisplay, attached_to, current_cell, ipython
+from celerynb.display._views import GroupView, TaskView
 
 
 class TextProgress(ProgressDisplay):

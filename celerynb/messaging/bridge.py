@@ -26,9 +26,10 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from .. import config
-from ..results import wait as results_wait
-from .redis import AsyncRedisClient, RedisPubSub
+from celerynb import config
+from celerynb.messaging.client import AsyncRedisClient
+from celerynb.messaging.pubsub import RedisPubSub
+from celerynb.tracking.awaiting import wait as results_wait
 
 logger = logging.getLogger("celerynb.messaging.bridge")
 
@@ -183,7 +184,7 @@ async def redis_celery_bridge(
     if stop_event is not None and not inspect.iscoroutinefunction(getattr(stop_event, "wait", None)):
         raise TypeError(f"stop_event must be an asyncio.Event, not {type(stop_event).__name__}.")
     if task is None:
-        from ..workers.tasks import process_document as task
+        from celerynb.workers.tasks import process_document as task
     if not callable(getattr(task, "apply_async", None)):
         raise TypeError(f"task must be a Celery task (something with apply_async), not {task!r}.")
     own_client = redis is None

@@ -15,8 +15,8 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .. import config
-from .redis import _CONNECTION_ERRORS, _GLOB_CHARS, AsyncRedisClient, Handler, NotConnected, _text
+from celerynb import config
+from celerynb.messaging.client import CONNECTION_ERRORS, GLOB_CHARS, AsyncRedisClient, Handler, NotConnected, as_text
 
 logger = logging.getLogger("celerynb.messaging")
 
@@ -78,7 +78,7 @@ class RedisPubSub:
         if not callable(handler):
             raise TypeError(f"handler must be a function `async def handler(channel, message)`, not {handler!r}.")
         if pattern is None:
-            pattern = bool(_GLOB_CHARS & set(channel))
+            pattern = bool(GLOB_CHARS & set(channel))
         key = ("pattern" if pattern else "channel", channel)
         await self.client.connect()
         self._handlers[key] = handler
@@ -173,7 +173,7 @@ class RedisPubSub:
                   ("channel", False): "unsubscribe", ("pattern", False): "punsubscribe"}[kind, subscribe]
         try:
             await getattr(ps, method)(name)
-        except _CONNECTION_ERRORS as exc:  # the reader reconnects and resubscribes from _handlers
+        except CONNECTION_ERRORS as exc:  # the reader reconnects and resubscribes from _handlers
             logger.debug("%s %r deferred to the reconnection: %s", method, name, exc)
 
     async def _open(self) -> None:
@@ -223,7 +223,7 @@ class RedisPubSub:
                 logger.warning("pub/sub stopped: its AsyncRedisClient was disconnected (call unsubscribe_all() first)")
                 await self._discard_ps()
                 return
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if not lost:
                     logger.warning("pub/sub connection to %s lost (%s); reconnecting",
                                    config.mask_url(self.client.url), config.mask_text(str(exc)))
@@ -237,9 +237,9 @@ class RedisPubSub:
                 await asyncio.sleep(delay)
 
     def _dispatch(self, message: dict) -> None:
-        kind = _text(message.get("type"))
+        kind = as_text(message.get("type"))
         if kind in ("subscribe", "psubscribe"):
-            key = ("channel" if kind == "subscribe" else "pattern", _text(message["channel"]))
+            key = ("channel" if kind == "subscribe" else "pattern", as_text(message["channel"]))
             if key in self._handlers:
                 self._confirmed.add(key)
             for waiter in self._waiters.pop(key, []):
@@ -247,15 +247,15 @@ class RedisPubSub:
                     waiter.set_result(None)
             return
         if kind == "message":
-            key = ("channel", _text(message["channel"]))
+            key = ("channel", as_text(message["channel"]))
         elif kind == "pmessage":
-            key = ("pattern", _text(message["pattern"]))
+            key = ("pattern", as_text(message["pattern"]))
         else:
             return
         handler = self._handlers.get(key)
         if handler is None:  # unsubscribed while the message was in flight
             return
-        channel, data = _text(message["channel"]), _text(message["data"])
+        channel, data = as_text(message["channel"]), as_text(message["data"])
         task = asyncio.get_running_loop().create_task(self._call(handler, channel, data))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import EncodeError
 
-from . import cells
+from celerynb.workers import cells
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []

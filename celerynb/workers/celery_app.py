@@ -6,7 +6,7 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 
 from celery import Celery
 
-from . import cells, urls
+from celerynb.workers import cells, urls
 
 app = Celery(
     "celerynb",

@@ -24,7 +24,7 @@ from celery import Celery, Task
 from celery.app.registry import TaskRegistry
 from celery.exceptions import NotRegistered
 
-from .. import config
+from celerynb import _compat, config
 
 logger = logging.getLogger("celerynb.cells")
 
@@ -236,10 +236,10 @@ class CellTaskRegistry(TaskRegistry):
 
 def install(app: Celery) -> None:
     """Give ``app`` the cell-aware registry (before any task is registered)."""
-    registry = app._tasks
+    registry = _compat.task_registry(app)
     if not isinstance(registry, CellTaskRegistry):
         new = CellTaskRegistry(registry)
-        app._tasks = new
+        _compat.replace_task_registry(app, new)
         registry = new
     registry.app = app
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
-from . import documents
-from .celery_app import app
-from .track import raise_if_cancelled
+from celerynb.workers import documents
+from celerynb.workers.celery_app import app
+from celerynb.workers.track import raise_if_cancelled
 
 logger = get_task_logger(__name__)
 

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from celery import Task, current_task
 from celery.exceptions import Ignore
 
+from celerynb import _compat
+
 T = TypeVar("T")
 
 
@@ -36,9 +38,7 @@ def is_cancelled(task: Task | None = None) -> bool:
     task_id = getattr(getattr(task, "request", None), "id", None)
     if not task_id:
         return False
-    from celery.worker import state
-
-    return task_id in state.revoked
+    return _compat.is_revoked(task_id)
 
 
 def raise_if_cancelled(task: Task | None = None) -> None:

@@ -7,17 +7,28 @@ defining tasks starts nothing: the embedded server starts when the app is first 
 from __future__ import annotations
 
 import os
-import threading
+from collections.abc import Callable
 
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
-from .. import config, connectivity, server
+from celerynb import _compat, config
+from celerynb.config import reachability
 
 NO_BROKER = (
     "celerynb: no broker is configured for this worker. Start one with `celerynb up --detach` "
     "(workers then find it automatically), or set CELERY_BROKER_URL=redis://HOST:6379/0."
 )
+
+# Set by the kernel side (celerynb.cluster.server): the URL of the embedded server, started on
+# first use. Worker processes never start one, so this package needs no cluster code.
+_embedded_url: Callable[[], str] | None = None
+
+
+def provide_embedded_server(url_of_started_server: Callable[[], str]) -> None:
+    """Let apps with nothing configured fall back to an embedded server (a kernel or a script)."""
+    global _embedded_url
+    _embedded_url = url_of_started_server
 
 
 def source_of(app: Celery) -> str | None:
@@ -46,14 +57,14 @@ def resolve_into(app: Celery) -> None:
         return
     found = config.resolve()
     if found is None:
-        if config.in_celery_command():
+        if config.in_celery_command() or _embedded_url is None:
             raise ImproperlyConfigured(NO_BROKER)
-        url = server.shared_server().url
+        url = _embedded_url()
         found = config.Resolved(url, url, "embedded")
     elif not config.in_celery_command():
-        connectivity.check(found.broker_url)
+        reachability.check(found.broker_url)
         if found.result_backend and found.result_backend != found.broker_url:
-            connectivity.check(found.result_backend)
+            reachability.check(found.result_backend)
     apply(app, found.broker_url, found.result_backend, found.source)
 
 
@@ -71,16 +82,7 @@ def apply(app: Celery, broker_url: str, result_backend: str | None, source: str)
         # Celery lets these environment variables win over any setting.
         if os.environ.get(name) and value and os.environ[name] != value:
             os.environ[name] = value
-    app._pool = None
-    amqp = app.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
-    control = app.__dict__.get("control")
-    if control is not None:  # the mailbox caches the producer pool it first used (inspect/ping)
-        control.mailbox.__dict__.pop("producer_pool", None)
-    # The result backend is cached per thread: a fresh thread-local drops it everywhere.
-    app._backend_cache = None
-    app._local = threading.local()
+    _compat.drop_app_connection_caches(app)
 
 
 def detach_results(app: Celery) -> None:
@@ -89,14 +91,9 @@ def detach_results(app: Celery) -> None:
     Every ``AsyncResult`` unsubscribes when garbage-collected; against a stopped server that
     retries, then prints "Retry limit exceeded" from ``__del__`` (at exit, in a later cell).
     """
-    backend = app._backend
-    consumer = getattr(backend, "result_consumer", None)
-    pubsub = getattr(consumer, "_pubsub", None)
-    if consumer is None or pubsub is None:
+    pubsub = _compat.take_result_pubsub(_compat.result_backend_if_created(app))
+    if pubsub is None:
         return
-    consumer._pubsub = None
-    consumer.subscribed_to.clear()
-    consumer._pending_unsubscribe.clear()
     try:
         pubsub.close()
     except Exception:  # noqa: BLE001 - the server may be gone already
@@ -106,17 +103,11 @@ def detach_results(app: Celery) -> None:
 def _drop_pools(connection: object) -> None:
     """Close and forget kombu's process-wide pools for a URL, so that a server coming back
     at the same URL gets fresh connections instead of a closed pool."""
-    from kombu import pools
-    from kombu.utils.collections import eqhash
-
-    key = eqhash(connection)
-    for group in (pools.producers, pools.connections):
-        pool = group.pop(key, None)
-        if pool is not None:
-            try:
-                pool.force_close_all()
-            except Exception:  # noqa: BLE001 - the old server may be gone already
-                pass
+    for pool in _compat.drop_kombu_pools(connection):
+        try:
+            pool.force_close_all()
+        except Exception:  # noqa: BLE001 - the old server may be gone already
+            pass
 
 
 def mark(app: Celery, source: str) -> None:

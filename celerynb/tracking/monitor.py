@@ -17,13 +17,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, states
 
-from ._backend_source import BATCH, BackendSource
-from .submitted import enable_submit_log, submitted  # noqa: F401 - re-exported
+from celerynb.tracking.backend_source import BATCH, BackendNotObservable, BackendSource, check_observable
+from celerynb.tracking.snapshot import LOST, LOST_INFO, MOVED_INFO, TaskSnapshot, replace_state, task_name
+
+__all__ = ["BackendNotObservable", "TaskMonitor", "TaskSnapshot", "check_observable", "forget_monitors",
+           "get_monitor", "task_name", "LOST"]
 
 logger = logging.getLogger("celerynb.monitor")
 
@@ -34,71 +36,6 @@ POLL_INTERVAL = 0.5
 _LISTEN_TIMEOUT = 0.02
 
 Listener = Callable[["TaskSnapshot"], None]
-
-#: Not a Celery state: a task queued or unseen when the server restarted without persistence.
-#: Its message is gone, so it will never run: displays end instead of waiting forever.
-LOST = "LOST"
-MOVED_INFO = ("the app now uses another server (the cluster this task was sent to was stopped): "
-              "its state can no longer be followed")
-LOST_INFO = ("the server restarted without persistence and this task's message was lost: "
-             "submit it again (LocalCluster(persistent=True) keeps queued tasks across restarts)")
-
-
-@dataclass(frozen=True)
-class TaskSnapshot:
-    """Immutable view of one task's latest known state.
-
-    ``info`` is the decoded JSON document's ``result`` field: the PROGRESS meta dict, the return
-    value, or the exception description (``exc_type``, ``exc_message``) of a failure.
-    """
-
-    task_id: str
-    state: str = states.PENDING
-    info: Any = None
-    name: str | None = None
-    args: Any = None
-    kwargs: Any = None
-    worker: str | None = None
-    retries: int | None = None
-    date_done: str | None = None
-    received_at: float = 0.0
-    traceback: str | None = None
-    redeliveries: int = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.state in states.READY_STATES or self.state == LOST
-
-    @classmethod
-    def from_meta(cls, task_id: str, meta: dict[str, Any] | None) -> TaskSnapshot:
-        """Build a snapshot from a decoded result document (None means "no key": PENDING)."""
-        now = time.monotonic()
-        if not meta:
-            return cls(task_id=task_id, received_at=now)
-        return cls(
-            task_id=task_id,
-            state=meta.get("status") or states.PENDING,
-            info=meta.get("result"),
-            name=meta.get("name"),
-            args=meta.get("args"),
-            kwargs=meta.get("kwargs"),
-            worker=meta.get("worker"),
-            retries=meta.get("retries"),
-            date_done=_text(meta.get("date_done")),
-            received_at=now,
-            traceback=meta.get("traceback"),
-        )
-
-
-def replace_state(snap: TaskSnapshot, state: str, info: Any) -> TaskSnapshot:
-    from dataclasses import replace
-
-    return replace(snap, state=state, info=info, received_at=time.monotonic())
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
 
 class TaskMonitor:
     """Latest state of tracked tasks, kept fresh by one daemon thread.
@@ -471,29 +408,6 @@ class TaskMonitor:
                 self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
 
 
-class BackendNotObservable(ValueError):
-    """The app's result backend keeps task states where this process cannot read them."""
-
-
-def check_observable(app: Celery) -> None:
-    """Say in one sentence why states cannot be followed, instead of a bar stuck at PENDING."""
-    from celery.backends.base import DisabledBackend
-    from celery.backends.rpc import RPCBackend
-
-    backend = app.backend
-    if isinstance(backend, DisabledBackend):
-        raise BackendNotObservable(
-            f"The app {app.main!r} has no result backend (result_backend is not set), so task states "
-            "cannot be observed: set result_backend (e.g. redis://...) or use `%celery use APP --local`."
-        )
-    if isinstance(backend, RPCBackend):
-        raise BackendNotObservable(
-            f"The app {app.main!r} uses the rpc:// result backend, which sends each state only to the "
-            "client that sent the task, as a one-time message: use a Redis or database result backend "
-            "to follow tasks here (result.get() still works for tasks sent from this kernel)."
-        )
-
-
 _monitors: dict[int, TaskMonitor] = {}
 _registry_lock = threading.Lock()
 
@@ -501,7 +415,7 @@ _registry_lock = threading.Lock()
 def get_monitor(app: Celery | None = None) -> TaskMonitor:
     """The monitor of ``app`` (celerynb's app by default): one per app per process."""
     if app is None:
-        from .apps import current_app
+        from celerynb.cluster.apps import current_app
 
         app = current_app()
     with _registry_lock:
@@ -518,13 +432,3 @@ def forget_monitors() -> None:
         _monitors.clear()
     for monitor in monitors:
         monitor.stop()
-
-
-
-
-def task_name(task_id: str, snapshot: TaskSnapshot | None = None) -> str | None:
-    """Best known name: the backend's extended result, else what this process published."""
-    if snapshot is not None and snapshot.name:
-        return snapshot.name
-    entry = submitted.get(task_id)
-    return entry.name if entry else None

@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import config
-from ._processes import WorkerProcess, WorkerProcessError
-from .server import EmbeddedServer, ServerError
+from celerynb import config
+from celerynb.cluster.processes import WorkerProcess, WorkerProcessError
+from celerynb.cluster.server import EmbeddedServer, ServerError
 
 READY_TIMEOUT = 60.0
 
@@ -115,8 +115,8 @@ def _up_foreground(args: argparse.Namespace) -> int:
     workers: list[WorkerProcess] = []
     beat: subprocess.Popen | None = None
     try:
-        from .workers.celery_app import app
-        from .workers.urls import apply
+        from celerynb.workers.celery_app import app
+        from celerynb.workers.urls import apply
 
         apply(app, server.url, server.url, "discovery")
         for i in range(args.workers):
@@ -185,9 +185,9 @@ def _status(args: argparse.Namespace) -> int:
         print("No celerynb cluster is running. Start one with `celerynb up --detach`.")
         return 1
     _print_record(record)
-    from .inspect import queue_lengths
-    from .workers.celery_app import app
-    from .workers.urls import apply
+    from celerynb.cluster.queues import queue_lengths
+    from celerynb.workers.celery_app import app
+    from celerynb.workers.urls import apply
 
     apply(app, record["url"], record["url"], "discovery")
     lengths = queue_lengths(app, sorted(q.name for q in app.amqp.queues.values()))
@@ -203,10 +203,10 @@ def _down(args: argparse.Namespace) -> int:
     up_pid, server_pid = record.get("up_pid"), record.get("server_pid")
     _signal(up_pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and (config._pid_alive(up_pid) or config._pid_alive(server_pid)):
+    while time.monotonic() < deadline and (config.pid_alive(up_pid) or config.pid_alive(server_pid)):
         time.sleep(0.05)
     for pid in [w.get("pid") for w in record.get("workers", [])] + [record.get("beat_pid"), server_pid, up_pid]:
-        if config._pid_alive(pid):
+        if config.pid_alive(pid):
             _signal(pid, signal.SIGKILL)
     config.remove_discovery()
     print(f"celerynb down: stopped {config.mask_url(record['url'])}")

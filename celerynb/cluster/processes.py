@@ -10,7 +10,7 @@ import time
 
 from celery import Celery
 
-from . import _spawn
+from celerynb.cluster import spawn
 
 
 class WorkerProcessError(RuntimeError):
@@ -77,7 +77,7 @@ class WorkerProcess:
         env["CELERY_BROKER_URL"] = self.broker_url
         env["CELERY_RESULT_BACKEND"] = self.result_backend
         env.setdefault("PYTHONUNBUFFERED", "1")
-        start = subprocess.Popen if self.detached else _spawn.popen
+        start = subprocess.Popen if self.detached else spawn.popen
         self.process = start(
             self.command(),
             env=env,

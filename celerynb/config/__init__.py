@@ -71,7 +71,7 @@ def discovery_path() -> Path:
     return runtime_dir() / DISCOVERY_FILENAME
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
@@ -90,7 +90,7 @@ def read_discovery() -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not _pid_alive(record.get("server_pid")):
+    if not isinstance(record, dict) or not pid_alive(record.get("server_pid")):
         return None
     return record
 

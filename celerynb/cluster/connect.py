@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from celery import Celery
 
-from . import cluster, config, connectivity
-from .workers import urls
+from celerynb import config
+from celerynb.cluster import apps, session
+from celerynb.cluster.local import LocalCluster
+from celerynb.config import reachability
+from celerynb.workers import urls
 
 
 def connect(url: str = "auto", *, backend: str | None = None, workers: bool = True,
-            app: Celery | None = None, **cluster_options) -> cluster.LocalCluster | None:
+            app: Celery | None = None, **cluster_options) -> LocalCluster | None:
     """Use the broker at ``url`` (``auto``: the cluster of a running ``celerynb up``).
 
     The broker is checked first (an error within seconds, naming the URL with its password
@@ -23,12 +26,12 @@ def connect(url: str = "auto", *, backend: str | None = None, workers: bool = Tr
         app: the app to point (default: celerynb's app).
         cluster_options: passed on to :class:`~celerynb.LocalCluster`.
     """
-    app = app or cluster.default_app()
+    app = app or apps.current_app()
     source = "explicit"
     if url == "auto":
         record = config.read_discovery()
         if record is None:
-            raise connectivity.BrokerUnreachable(
+            raise reachability.BrokerUnreachable(
                 f"No running `celerynb up` found (looked for {config.discovery_path()}). "
                 "Start one with `celerynb up --detach`, or pass a URL."
             )
@@ -36,13 +39,13 @@ def connect(url: str = "auto", *, backend: str | None = None, workers: bool = Tr
         source = "discovery"
     if backend is None:
         backend = url if url.startswith(("redis://", "rediss://")) else ""
-    connectivity.check(url)
+    reachability.check(url)
     if backend and backend != url:
-        connectivity.check(backend)
-    cluster.stop()
+        reachability.check(backend)
+    session.stop()
     # No configuration read before apply(): with nothing configured, it would start the
     # embedded server only to leave it unused.
     urls.apply(app, url, backend, source)
     if workers:
-        return cluster.LocalCluster(app, **cluster_options).start()
+        return LocalCluster(app, **cluster_options).start()
     return None

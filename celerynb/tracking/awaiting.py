@@ -16,7 +16,8 @@ from celery import Celery, states
 from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult, EagerResult, ResultSet
 
-from .monitor import TaskSnapshot, get_monitor
+from celerynb import _compat
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 
 
 def task_ids_of(results: Iterable[Any]) -> tuple[list[str], Celery | None]:
@@ -51,9 +52,9 @@ def seed_eager(results: Iterable[Any], app: Celery | None) -> None:
     for item in results:
         if isinstance(item, EagerResult):
             monitor = monitor or get_monitor(app or item.app)
-            info = item._result if not item.failed() else _exception_info(item._result)
-            monitor.seed(TaskSnapshot(task_id=item.id, state=item.state, info=info,
-                                      name=getattr(item, "_name", None)))
+            value = _compat.eager_value(item)
+            info = value if not item.failed() else _exception_info(value)
+            monitor.seed(TaskSnapshot(task_id=item.id, state=item.state, info=info, name=_compat.eager_task_name(item)))
         elif isinstance(item, ResultSet):
             seed_eager(item.results, app)
         elif isinstance(item, list | tuple):

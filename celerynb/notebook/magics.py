@@ -10,15 +10,15 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import cell_tasks, cluster, config
-from .display import eager as eager_display
-from .display.status import ClusterStatus, TaskList
+from celerynb import _compat, config
+from celerynb.cluster import apps, local, session
+from celerynb.display import eager as eager_display
+from celerynb.display.status import ClusterStatus, TaskList
+from celerynb.notebook import cell_tasks
 
 
 def _current_app():
-    from .apps import current_app
-
-    return current_app()
+    return apps.current_app()
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -178,30 +178,30 @@ class CeleryMagics(Magics):
         try:
             args = parser.parse_args(words)
         except _HelpShown:
-            sub = parser._subparsers._group_actions[0].choices.get(words[0]) if parser._subparsers else None
+            sub = _compat.subcommand_parser(parser, words[0])
             print((sub or parser).format_help())
             return None
         return getattr(self, f"_cmd_{args.command}")(args)
 
     def _cmd_status(self, args: argparse.Namespace) -> ClusterStatus:
-        return ClusterStatus(_current_app(), cluster.current(), ask_workers=True)
+        return ClusterStatus(_current_app(), local.current(), ask_workers=True)
 
     def _cmd_start(self, args: argparse.Namespace) -> ClusterStatus:
         queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
         options = dict(workers=args.workers, concurrency=args.concurrency, pool=args.pool,
                        queues=queues, processes=args.processes, beat=args.beat)
-        running = cluster.current()
+        running = local.current()
         if running is not None:
             raise UsageError("%celery start: a cluster is already running; use %celery restart to change options.")
         try:
-            cluster.LocalCluster(_current_app(), **options).start()
+            local.LocalCluster(_current_app(), **options).start()
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"%celery start: {config.mask_text(str(exc))}") from None
         self._start_options = options
-        return ClusterStatus(_current_app(), cluster.current())
+        return ClusterStatus(_current_app(), local.current())
 
     def _cmd_stop(self, args: argparse.Namespace) -> None:
-        running = cluster.current()
+        running = local.current()
         if running is None:
             print("No celerynb cluster is running in this kernel.")
             return
@@ -212,19 +212,19 @@ class CeleryMagics(Magics):
             print("Stopped the celerynb cluster.")
 
     def _cmd_restart(self, args: argparse.Namespace) -> ClusterStatus:
-        cluster.stop()
-        cluster.LocalCluster(_current_app(), **self._start_options).start()
-        return ClusterStatus(_current_app(), cluster.current())
+        session.stop()
+        local.LocalCluster(_current_app(), **self._start_options).start()
+        return ClusterStatus(_current_app(), local.current())
 
     def _cmd_connect(self, args: argparse.Namespace) -> ClusterStatus:
-        from .connect import connect
-        from .connectivity import BrokerUnreachable
+        from celerynb.cluster.connect import connect
+        from celerynb.config.reachability import BrokerUnreachable
 
         try:
             connect(args.url, backend=args.backend, workers=not args.no_workers, app=_current_app())
         except BrokerUnreachable as exc:
             raise UsageError(f"%celery connect: {exc}") from None
-        return ClusterStatus(_current_app(), cluster.current())
+        return ClusterStatus(_current_app(), local.current())
 
     def _cmd_eager(self, args: argparse.Namespace) -> None:
         conf = _current_app().conf
@@ -248,7 +248,7 @@ class CeleryMagics(Magics):
             print("Eager mode off: tasks run on workers.")
 
     def _cmd_purge(self, args: argparse.Namespace) -> None:
-        from .inspect import purge
+        from celerynb.cluster.queues import purge
 
         app = _current_app()
         removed = purge(app, args.queue)
@@ -256,27 +256,25 @@ class CeleryMagics(Magics):
         print(f"Removed {removed} message(s) from {where}.")
 
     def _cmd_use(self, args: argparse.Namespace) -> ClusterStatus:
-        from . import apps
-
         try:
             if args.restore:
                 if args.app or args.local:
                     raise UsageError("%celery use --restore takes no app and no --local.")
-                app = apps.restore()
+                app = session.restore()
             elif not args.app:
                 raise UsageError("%celery use: name an app, e.g. %celery use proj.celery:app [--local].")
             else:
-                app = apps.use(args.app, local=args.local)
+                app = session.use(args.app, local=args.local)
         except (apps.AppNotFound, ValueError) as exc:
             raise UsageError(f"%celery use: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - e.g. the project's own import errors
             raise UsageError(f"%celery use: {type(exc).__name__}: {config.mask_text(str(exc))}") from None
-        return ClusterStatus(app, cluster.current())
+        return ClusterStatus(app, local.current())
 
     def _cmd_tasks(self, args: argparse.Namespace) -> Any:
         if args.live:
             try:
-                from .display.table import TaskTable
+                from celerynb.display.table import TaskTable
             except ImportError:
                 raise UsageError("%celery tasks --live: live tables are not available in this install.") from None
             return TaskTable()

@@ -7,7 +7,7 @@ the URL (password masked) and what to do.
 
 from __future__ import annotations
 
-from .config import mask_text, mask_url
+from celerynb.config import mask_text, mask_url
 
 
 class BrokerUnreachable(ConnectionError):

@@ -64,7 +64,7 @@ class SubmittedLog:
 submitted = SubmittedLog()
 
 
-def _on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
+def on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
     headers = headers or {}
     task_id = headers.get("id")
     if task_id is None and isinstance(body, dict):  # task protocol 1
@@ -78,4 +78,11 @@ def enable_submit_log() -> None:
     """Record every task published from this process (idempotent)."""
     from celery.signals import after_task_publish
 
-    after_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-submit-log")
+    after_task_publish.connect(on_publish, weak=False, dispatch_uid="celerynb-submit-log")
+
+
+def disable_submit_log() -> None:
+    """Stop recording published tasks (``%unload_ext celerynb``); what was recorded stays."""
+    from celery.signals import after_task_publish
+
+    after_task_publish.disconnect(on_publish, dispatch_uid="celerynb-submit-log")

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.utils.deprecated import CDeprecationWarning
 
-from .workers import cells
+from celerynb.workers import cells
 
 
 class CellTaskError(ValueError):
@@ -116,9 +116,9 @@ def register(
 
 
 def _notify_workers(app: Celery, name: str, queue: str | None) -> None:
-    from . import cluster
+    from celerynb.cluster import local
 
-    running = cluster.current()
+    running = local.current()
     if running is None or running.app is not app:
         return
     running.forget_task(name)

@@ -19,8 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import _spawn
-from .config import mask_url
+from celerynb.cluster import spawn
+from celerynb.config import mask_url
+from celerynb.workers import urls
 
 START_TIMEOUT = 10.0
 
@@ -123,7 +124,7 @@ class EmbeddedServer:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "server.log"),
         ]
-        start = subprocess.Popen if self.detached else _spawn.popen
+        start = subprocess.Popen if self.detached else spawn.popen
         try:
             self.process = start(
                 args,
@@ -229,3 +230,6 @@ def _register_exit_hook() -> None:
     if not _exit_hook_registered:
         _exit_hook_registered = True
         atexit.register(stop_shared_server)
+
+
+urls.provide_embedded_server(lambda: shared_server().url)

@@ -13,7 +13,7 @@ _TYPES = (AsyncResult, ResultSet)
 
 
 def _show(result: Any) -> None:
-    from .progress import progress
+    from celerynb.display.progress import progress
 
     progress(result)
 

@@ -134,3 +134,26 @@ class BackendSource:
                 self.redis.connection_pool.disconnect()
             except Exception:  # noqa: BLE001
                 pass
+
+
+class BackendNotObservable(ValueError):
+    """The app's result backend keeps task states where this process cannot read them."""
+
+
+def check_observable(app: Celery) -> None:
+    """Say in one sentence why states cannot be followed, instead of a bar stuck at PENDING."""
+    from celery.backends.base import DisabledBackend
+    from celery.backends.rpc import RPCBackend
+
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        raise BackendNotObservable(
+            f"The app {app.main!r} has no result backend (result_backend is not set), so task states "
+            "cannot be observed: set result_backend (e.g. redis://...) or use `%celery use APP --local`."
+        )
+    if isinstance(backend, RPCBackend):
+        raise BackendNotObservable(
+            f"The app {app.main!r} uses the rpc:// result backend, which sends each state only to the "
+            "client that sent the task, as a one-time message: use a Redis or database result backend "
+            "to follow tasks here (result.get() still works for tasks sent from this kernel)."
+        )

@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import logging
 
-from . import config
+from celerynb import config
 
 logger = logging.getLogger("celerynb")
 
@@ -22,6 +22,10 @@ logger = logging.getLogger("celerynb")
 _IMPLEMENTATIONS = ("nest_asyncio2", "nest_asyncio")
 
 _applied: str | None = None
+# ``asyncio.run`` before and after the patch: ``%unload_ext`` puts the original back (the rest of
+# the patch, on the loop class, behaves like the original when nothing is nested).
+_original_run = None
+_patched_run = None
 
 
 def enable_nested_asyncio() -> bool:
@@ -30,8 +34,10 @@ def enable_nested_asyncio() -> bool:
     Idempotent. Returns True when nested runs are enabled (now or before), False where it is
     deliberately not applied (inside a ``celery`` command) or no implementation is installed.
     """
-    global _applied
+    global _applied, _original_run, _patched_run
     if _applied:
+        if _patched_run is not None:
+            asyncio.run = _patched_run
         return True
     if config.in_celery_command() or _in_worker_process():
         return False
@@ -40,7 +46,9 @@ def enable_nested_asyncio() -> bool:
             module = importlib.import_module(name)
         except ImportError:
             continue
+        _original_run = asyncio.run
         module.apply(_current_loop())
+        _patched_run = asyncio.run
         _applied = name
         logger.debug("asyncio made re-entrant with %s", name)
         return True
@@ -49,8 +57,14 @@ def enable_nested_asyncio() -> bool:
 
 
 def nested_asyncio_enabled() -> bool:
-    """True once :func:`enable_nested_asyncio` patched asyncio in this process."""
-    return _applied is not None
+    """True while ``asyncio.run()`` runs nested, as :func:`enable_nested_asyncio` made it."""
+    return _applied is not None and asyncio.run is _patched_run
+
+
+def disable_nested_asyncio() -> None:
+    """``asyncio.run`` as it was before :func:`enable_nested_asyncio` (``%unload_ext celerynb``)."""
+    if _applied is not None and _original_run is not None and asyncio.run is _patched_run:
+        asyncio.run = _original_run
 
 
 def _current_loop() -> asyncio.AbstractEventLoop | None:

@@ -15,24 +15,20 @@ import tempfile
 import threading
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
-from . import config, server
-from ._inprocess import InProcessWorker, stop_workers
-from ._processes import WorkerProcess
-from .workers import base, cells, urls
+from celerynb import _compat, config
+from celerynb.cluster import apps, server
+from celerynb.cluster.inkernel import InProcessWorker, stop_workers
+from celerynb.cluster.processes import WorkerProcess
+from celerynb.cluster.queues import queue_lengths
+from celerynb.cluster.worker_logs import WorkerLogFile
+from celerynb.workers import cells, urls
 
 logger = logging.getLogger("celerynb")
 
 _current: LocalCluster | None = None
-_lock = threading.RLock()
-
-
-def default_app() -> Celery:
-    """The app in use: celerynb's own unless ``celerynb.use()`` chose another."""
-    from .apps import current_app
-
-    return current_app()
+lock = threading.RLock()
 
 
 class ClusterError(RuntimeError):
@@ -69,7 +65,7 @@ class LocalCluster:
             raise ValueError(f"pool must be 'threads' or 'solo' for in-process workers, not {pool!r}.")
         if workers < 0 or processes < 0 or concurrency < 1:
             raise ValueError("workers and processes must be >= 0 and concurrency >= 1.")
-        self.app = app or default_app()
+        self.app = app or apps.current_app()
         self.n_workers = workers
         self.pool = pool
         self.concurrency = concurrency
@@ -82,8 +78,7 @@ class LocalCluster:
         self.beat: Any = None
         self.server: server.EmbeddedServer | None = None
         self.log_dir: str | None = None
-        self._log_handler: logging.Handler | None = None
-        self._saved_logger: tuple[int, bool] | None = None
+        self._logs: WorkerLogFile | None = None
         self.running = False
         self.abandoned: list[str] = []
         self._cell_key: str | None = None
@@ -92,7 +87,7 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start the server if needed, then the workers and beat; returns self."""
         global _current
-        with _lock:
+        with lock:
             if self.running:
                 return self
             if _current is not None and _current is not self and _current.running:
@@ -107,7 +102,7 @@ class LocalCluster:
                 self._cell_key = secrets.token_hex(32)
                 cells.set_process_key(self._cell_key)
             self.log_dir = tempfile.mkdtemp(prefix="celerynb-logs-")
-            self._route_logs()
+            self._logs = WorkerLogFile(self.log_file).attach()
             self.running = True
             try:
                 for _ in range(self.n_workers):
@@ -123,15 +118,13 @@ class LocalCluster:
             return self
 
     def _ensure_broker(self) -> None:
-        from . import apps
-
         app = self.app
         if self.persistent and urls.source_of(app) is None and config.resolve() is None:
             server.shared_server(persistent=True)  # else resolving would start a plain one
         app.conf.broker_url  # noqa: B018 - the first read resolves the URLs
         if urls.source_of(app) is None:
             if apps.saved_settings(app) is not None:
-                apps._make_local(app)  # `use(app, local=True)` whose server was stopped since
+                apps.make_local(app)  # `use(app, local=True)` whose server was stopped since
             elif urls.is_managed(app):
                 urls.resolve_into(app)
             else:
@@ -155,41 +148,15 @@ class LocalCluster:
     def log_file(self) -> str | None:
         return os.path.join(self.log_dir, "workers.log") if self.log_dir else None
 
-    def _route_logs(self) -> None:
-        """Send Celery's logs to a file: a background worker must never print into a cell."""
-        handler = logging.FileHandler(self.log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s"))
-        handler.setLevel(logging.INFO)
-        celery_logger = logging.getLogger("celery")
-        self._saved_logger = (celery_logger.level, celery_logger.propagate)
-        celery_logger.addHandler(handler)
-        celery_logger.setLevel(logging.INFO)
-        celery_logger.propagate = False
-        self._log_handler = handler
-
-    def _unroute_logs(self) -> None:
-        celery_logger = logging.getLogger("celery")
-        if self._log_handler is not None:
-            celery_logger.removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-        if self._saved_logger is not None:
-            celery_logger.setLevel(self._saved_logger[0])
-            celery_logger.propagate = self._saved_logger[1]
-            self._saved_logger = None
-
     def add_worker(
         self, *, pool: str | None = None, concurrency: int | None = None, queues: list[str] | None = None
     ) -> InProcessWorker:
         """Start one more worker thread in this process (ready when this returns)."""
         if not self.running:
             raise ClusterError("The cluster is stopped: start it first.")
-        from celery.worker import state
-
         # Celery's stop flags are process-wide: a flag left by an earlier stop would end this
         # worker at its first loop.
-        state.should_terminate = None
-        state.should_stop = None
+        _compat.clear_worker_stop_flags()
         worker = InProcessWorker(
             self.app,
             pool=pool or self.pool,
@@ -255,7 +222,7 @@ class LocalCluster:
     def stop(self, timeout: float = 5.0, *, _at_exit: bool = False) -> LocalCluster:
         """Stop everything this cluster started; tasks still running after ``timeout`` are reported."""
         global _current
-        with _lock:
+        with lock:
             if self.beat is not None:
                 self.beat.stop()
                 self.beat = None
@@ -278,7 +245,9 @@ class LocalCluster:
             if self._cell_key is not None:
                 cells.set_process_key(None)
                 self._cell_key = None
-            self._unroute_logs()
+            if self._logs is not None:
+                self._logs.detach()
+                self._logs = None
             if self.log_dir:
                 shutil.rmtree(self.log_dir, ignore_errors=True)
                 self.log_dir = None
@@ -300,8 +269,6 @@ class LocalCluster:
     # -- reporting -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Workers, queues with their lengths, and the broker with its password masked."""
-        from .inspect import queue_lengths
-
         queues = sorted({q.name for q in self.app.amqp.queues.values()} | set(self.queues or []))
         return {
             "running": self.running,
@@ -330,7 +297,7 @@ class LocalCluster:
         )
 
     def _repr_html_(self) -> str:
-        from .display.cards import cluster_card
+        from celerynb.display.cards import cluster_card
 
         return cluster_card(self.status() if self.running else {"running": False})
 
@@ -349,71 +316,15 @@ def _host() -> str:
 
 
 def _app_path(app: Celery) -> str:
-    from .apps import celerynb_app
-
-    if app is celerynb_app():
-        return "celerynb.workers.celery_app"
-    main = getattr(app, "_celerynb_import_path", None)
-    if main:
-        return main
+    path = apps.import_path(app)
+    if path:
+        return path
     raise ClusterError("Worker processes need an importable app: use celerynb.use('module:app') first.")
 
 
-# -- module-level get-or-create ------------------------------------------------------------
 def current() -> LocalCluster | None:
     """The running cluster of this process, if any."""
     return _current if _current is not None and _current.running else None
-
-
-def start(**options: Any) -> LocalCluster:
-    """Get the running cluster or start one with ``options`` (see :class:`LocalCluster`)."""
-    with _lock:
-        running = current()
-        if running is not None:
-            return running
-        return LocalCluster(**options).start()
-
-
-def stop() -> None:
-    """Stop the running cluster, if any."""
-    with _lock:
-        running = current()
-        if running is not None:
-            running.stop()
-
-
-def _on_submit(app: Celery) -> None:
-    """Submit hook: with no broker configured, the first task starts the embedded cluster."""
-    if _current is not None and _current.running and _current.app is app:
-        return
-    if app.current_worker_task is not None or config.in_celery_command():
-        return
-    if urls.source_of(app) is None:  # never resolved, or the cluster behind it was stopped
-        urls.resolve_into(app)
-    if app.conf.task_always_eager:
-        return
-    if urls.source_of(app) == "embedded" and _auto_start_enabled():
-        with _lock:
-            if current() is None:
-                LocalCluster(app).start()
-
-
-def _on_publish(sender: Any = None, **_: Any) -> None:
-    """``before_task_publish``: the same on-demand start for a user's app switched to local."""
-    from .apps import celerynb_app, current_app
-
-    app = current_app()
-    if app is celerynb_app() or urls.source_of(app) != "embedded" or not _auto_start_enabled():
-        return
-    if app.current_worker_task is not None or sender not in app.tasks:
-        return
-    with _lock:
-        if current() is None:
-            LocalCluster(app).start()
-
-
-def _auto_start_enabled() -> bool:
-    return os.environ.get("CELERYNB_AUTOSTART", "1") not in ("0", "false", "no")
 
 
 _exit_hooks_registered = False
@@ -436,14 +347,6 @@ def _register_exit_hooks() -> None:
     if _exit_hooks_registered:
         return
     _exit_hooks_registered = True
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_stop_at_exit)
-        except RuntimeError:
-            pass
+    _compat.run_before_thread_join_at_exit(_stop_at_exit)
     atexit.register(_stop_at_exit)
 
-
-base.submit_hooks.append(_on_submit)
-signals.before_task_publish.connect(_on_publish, weak=False, dispatch_uid="celerynb-autostart")

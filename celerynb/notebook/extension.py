@@ -12,29 +12,34 @@ _MAGIC_NAMES = {"line": ("celery",), "cell": ("celery_task",)}
 
 
 def load(ip: Any) -> None:
-    from .magics import CeleryMagics
+    from celerynb.notebook.magics import CeleryMagics
 
     if getattr(ip, "_celerynb_magics", None) is None:
         magics = CeleryMagics(ip)
         ip.register_magics(magics)
         ip._celerynb_magics = magics
-    from .display.formatters import register_display_formatters
-    from .submitted import enable_submit_log
+    from celerynb.notebook.formatters import register_display_formatters
+    from celerynb.tracking.submitted import enable_submit_log
 
     register_display_formatters(ip)
     enable_submit_log()  # TaskTable() then lists every task sent from this kernel
-    _call_optional("celerynb._asyncio_support", "enable_nested_asyncio")
+    _call_optional("celerynb.notebook.nested_asyncio", "enable_nested_asyncio")
 
 
 def unload(ip: Any) -> None:
+    """Undo :func:`load`: magics, display formatters, the submit log and nested ``asyncio.run``."""
     registry = ip.magics_manager.magics
     for kind, names in _MAGIC_NAMES.items():
         for name in names:
             registry[kind].pop(name, None)
-    ip._celerynb_magics = None
-    from .display.formatters import unregister_display_formatters
+    if hasattr(ip, "_celerynb_magics"):
+        del ip._celerynb_magics
+    from celerynb.notebook.formatters import unregister_display_formatters
+    from celerynb.tracking.submitted import disable_submit_log
 
     unregister_display_formatters(ip)
+    disable_submit_log()
+    _call_optional("celerynb.notebook.nested_asyncio", "disable_nested_asyncio")
 
 
 def _call_optional(module: str, function: str, *args: Any) -> None:

@@ -14,13 +14,13 @@ import time
 from typing import Any
 
 from celery import Celery
-from celery.result import _set_task_join_will_block
 from celery.utils.nodenames import anon_nodename
-from celery.worker import WorkController, state
+from celery.worker import WorkController
 from celery.worker.consumer import Consumer
 from kombu.asynchronous import set_event_loop
 
-from .workers.consumer import Consumer as _NotebookConsumer
+from celerynb import _compat
+from celerynb.workers.consumer import Consumer as _NotebookConsumer
 
 logger = logging.getLogger("celerynb.worker")
 
@@ -118,7 +118,7 @@ class InProcessWorker:
                 break
         # Starting a worker sets Celery's "join will block" flag: result.get() in this
         # process would then refuse to run.
-        _set_task_join_will_block(False)
+        _compat.allow_result_get()
         if not controller.ready_event.is_set():
             raise RuntimeError(f"in-process worker {self.hostname} failed to start: {self.error!r}")
         return self
@@ -141,9 +141,9 @@ class InProcessWorker:
             consumer.strategies.pop(name, None)
 
     def active_requests(self) -> int:
-        return len(state.active_requests)
+        return len(_compat.active_request_ids())
 
-    def _shutdown_pool_executor(self) -> None:
+    def shutdown_pool_executor(self) -> None:
         pool = getattr(self.controller, "pool", None)
         executor = getattr(pool, "executor", None)
         if executor is not None:
@@ -168,14 +168,11 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
     live = [w for w in workers if w.alive]
     deadline = time.monotonic() + timeout
     if live:
-        if at_exit:
-            state.should_terminate = 0
-        else:
-            state.should_stop = 0
+        _compat.request_worker_stop(cold=at_exit)
         _join(live, deadline)
         late = [w for w in live if w.alive and _still_consuming(w.controller)]
         if late and not at_exit:
-            state.should_terminate = 0
+            _compat.request_worker_stop(cold=True)
             _join(late, time.monotonic() + _COLD_GRACE)
             for worker in late:
                 if worker.alive and _still_consuming(worker.controller):
@@ -183,11 +180,10 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
                     logger.warning("in-process worker %s did not stop in time; left to end", worker.hostname)
     for worker in workers:
         if worker.controller is not None:
-            worker._shutdown_pool_executor()
-    still = [req.id for req in list(state.active_requests)]
+            worker.shutdown_pool_executor()
+    still = _compat.active_request_ids()
     if not at_exit:
-        state.should_terminate = None
-        state.should_stop = None
+        _compat.clear_worker_stop_flags()
     return still
 
 

@@ -1,0 +1,289 @@
+"""Every use of another project's private attributes, in one place.
+
+Public APIs do not cover a worker inside a kernel, moving an app to a new server, or bulk
+publishing, so celerynb reaches into Celery, kombu, the standard library and ipywidgets here
+and nowhere else. Each shim names the version it was checked on; ``tests/test_compat.py``
+has one test per shim that fails loudly when a release removes what it reaches for.
+
+Checked on: celery 5.7.0, kombu 5.7.0, redis-py 8.1.0, ipywidgets 8.1.9, CPython 3.11-3.13.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery, Task
+
+# -- Celery: the worker's process-wide state ---------------------------------------------------
+
+
+def request_worker_stop(*, cold: bool) -> None:
+    """Ask every worker of this process to stop: warm (finish running tasks) or cold.
+
+    ``celery.worker.state.should_stop`` / ``should_terminate`` (celery 5.7.0): read by each
+    worker's loop once per turn. A signal handler is how Celery itself sets them.
+    """
+    from celery.worker import state
+
+    if cold:
+        state.should_terminate = 0
+    else:
+        state.should_stop = 0
+
+
+def clear_worker_stop_flags() -> None:
+    """Reset the stop flags so that a worker started later in this process does not exit at once.
+
+    ``celery.worker.state.should_stop`` / ``should_terminate`` (celery 5.7.0).
+    """
+    from celery.worker import state
+
+    state.should_terminate = None
+    state.should_stop = None
+
+
+def active_request_ids() -> list[str]:
+    """Ids of the tasks running in this process's workers (``celery.worker.state.active_requests``, 5.7.0)."""
+    from celery.worker import state
+
+    return [request.id for request in list(state.active_requests)]
+
+
+def allow_result_get() -> None:
+    """Undo the "task join will block" flag a worker start sets, so ``result.get()`` works in the kernel.
+
+    ``celery.result._set_task_join_will_block`` (celery 5.7.0); ``start_worker`` of
+    ``celery.contrib.testing`` does the same.
+    """
+    from celery.result import _set_task_join_will_block
+
+    _set_task_join_will_block(False)
+
+
+def eager_value(result: Any) -> Any:
+    """The raw return value (or exception) an ``EagerResult`` holds: ``EagerResult._result`` (5.7.0)."""
+    return result._result
+
+
+# -- Celery: an app moved to new URLs ------------------------------------------------------------
+
+
+def drop_app_connection_caches(app: Celery) -> None:
+    """Forget the connection pool, producer pool and per-thread result backend an app cached.
+
+    ``Celery._pool``, ``AMQP._producer_pool``, ``Celery._backend_cache``, ``Celery._local``
+    (celery 5.7.0) and the cached ``Mailbox.producer_pool`` of ``app.control`` (kombu 5.7.0).
+    """
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    control = app.__dict__.get("control")
+    if control is not None:  # the mailbox caches the producer pool it first used (inspect/ping)
+        control.mailbox.__dict__.pop("producer_pool", None)
+    # The result backend is cached per thread: a fresh thread-local drops it everywhere.
+    app._backend_cache = None
+    app._local = threading.local()
+
+
+def result_backend_if_created(app: Celery) -> Any:
+    """This thread's result backend if one was made, without creating one: ``Celery._backend`` (5.7.0)."""
+    return app._backend
+
+
+def take_result_pubsub(backend: Any) -> Any:
+    """Detach the Redis result consumer's pub/sub connection and forget its subscriptions.
+
+    ``ResultConsumer._pubsub``, ``subscribed_to`` and ``_pending_unsubscribe`` (celery 5.7.0;
+    5.5 has no ``_pending_unsubscribe``). Returns the pub/sub to close, or None.
+    """
+    consumer = getattr(backend, "result_consumer", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    if consumer is None or pubsub is None:
+        return None
+    consumer._pubsub = None
+    consumer.subscribed_to.clear()
+    pending = getattr(consumer, "_pending_unsubscribe", None)
+    if pending is not None:
+        pending.clear()
+    return pubsub
+
+
+def drop_kombu_pools(connection: Any) -> list[Any]:
+    """Remove kombu's process-wide connection and producer pools for ``connection``'s URL.
+
+    ``kombu.pools.connections`` / ``producers`` are keyed by ``kombu.utils.collections.eqhash``
+    (kombu 5.7.0). Returns the removed pools, for the caller to close.
+    """
+    from kombu import pools
+    from kombu.utils.collections import eqhash
+
+    key = eqhash(connection)
+    return [pool for pool in (group.pop(key, None) for group in (pools.producers, pools.connections)) if pool]
+
+
+def task_registry(app: Celery) -> dict[str, Task]:
+    """The app's task registry without finalizing the app (``app.tasks`` would): ``Celery._tasks`` (5.7.0)."""
+    return app._tasks
+
+
+def replace_task_registry(app: Celery, registry: dict[str, Task]) -> None:
+    """Give an app another task registry (cell tasks resolved on lookup): ``Celery._tasks`` (5.7.0)."""
+    app._tasks = registry
+
+
+# -- Celery: a task's sending path -----------------------------------------------------------------
+
+
+def exec_options(task: Task) -> dict[str, Any]:
+    """The task's default ``apply_async`` options: ``Task._get_exec_options()`` (celery 5.7.0)."""
+    return task._get_exec_options()
+
+
+def sends_plain_messages(task: Task) -> bool:
+    """False for tasks whose messages Celery builds another way (v1 protocol, pydantic arguments).
+
+    ``Task.__v2_compat__`` and ``Task._dump_pydantic_arguments`` (celery 5.7.0).
+    """
+    return not task.__v2_compat__ and getattr(task, "_dump_pydantic_arguments", None) is None
+
+
+def live_receivers(signal: Any, sender: Any) -> list[Callable[..., Any]] | None:
+    """The receivers a Celery signal would call for ``sender``: ``Signal._live_receivers`` (5.7.0)."""
+    live = getattr(signal, "_live_receivers", None)
+    return None if live is None else list(live(sender))
+
+
+@contextmanager
+def no_result_subscribe_per_task(app: Celery) -> Iterator[None]:
+    """Skip the Redis result backend's SUBSCRIBE for each published task, in this thread.
+
+    Shadows ``backend.on_task_call`` (celery 5.7.0, ``AsyncBackendMixin``); the backend is
+    thread-local, so other threads are unaffected.
+    """
+    backend = app.backend
+    if not hasattr(backend, "result_consumer") or "on_task_call" in vars(backend):
+        yield
+        return
+    backend.on_task_call = _ignore
+    try:
+        yield
+    finally:
+        del backend.on_task_call
+
+
+def _ignore(*_: Any, **__: Any) -> None:
+    return None
+
+
+# -- kombu: batch publishing and the Redis channel ---------------------------------------------------
+
+
+def supports_batch_publish(producer: Any) -> bool:
+    """Whether ``producer.batch()`` pipelines messages: ``Producer.supports_batch_publish`` (kombu 5.7.0;
+    absent before, where every message is published on its own)."""
+    return bool(getattr(producer, "supports_batch_publish", False))
+
+
+_REDIS_CHANNEL_ATTRIBUTES = ("_put", "_q_for_pri", "_get_message_priority", "_expires", "conn_or_acquire")
+
+
+def is_redis_channel(channel: Any) -> bool:
+    """kombu's Redis transport channel, with the internals :func:`caught_puts` and friends use (5.7.0)."""
+    return all(hasattr(channel, name) for name in _REDIS_CHANNEL_ATTRIBUTES)
+
+
+@contextmanager
+def caught_puts(channel: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Catch what kombu's Redis ``Channel._put(queue, message)`` would LPUSH, instead of sending it (5.7.0)."""
+    caught: list[tuple[str, dict[str, Any]]] = []
+    channel._put = lambda queue, message, **_: caught.append((queue, message))
+    try:
+        yield caught
+    finally:
+        del channel._put
+
+
+def put(channel: Any, queue: str, message: dict[str, Any]) -> None:
+    """Push one message as kombu would: ``Channel._put`` (kombu 5.7.0)."""
+    channel._put(queue, message)
+
+
+def queue_expires(channel: Any, queue: str) -> bool:
+    """Whether kombu adds a PEXPIRE per message to ``queue``: ``Channel._expires`` (kombu 5.7.0)."""
+    return queue in channel._expires
+
+
+def redis_list_key(channel: Any, queue: str, message: dict[str, Any]) -> str:
+    """The Redis list a message for ``queue`` goes to (priority suffix included).
+
+    ``Channel._q_for_pri`` and ``Channel._get_message_priority`` (kombu 5.7.0).
+    """
+    return channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
+
+
+def json_codec_is(dumps: Callable[..., str]) -> bool:
+    """Whether kombu's registered JSON encoder is ``dumps``: ``SerializerRegistry._encoders`` (kombu 5.7.0)."""
+    from kombu.serialization import registry
+
+    return registry._encoders["json"][2] is dumps
+
+
+# -- the standard library and ipywidgets ---------------------------------------------------------------
+
+
+def run_before_thread_join_at_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at interpreter exit before non-daemon threads (``concurrent.futures``) are joined.
+
+    ``threading._register_atexit`` (CPython 3.9-3.13): a plain ``atexit`` hook runs after that
+    join, too late to stop a worker whose pool thread is busy.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        return
+    try:
+        register(hook)
+    except RuntimeError:  # already shutting down
+        pass
+
+
+def widget_mimebundle(widget: Any) -> dict[str, Any]:
+    """What Jupyter would display for a widget: ``DOMWidget._repr_mimebundle_()`` (ipywidgets 8.1.9)."""
+    return dict(widget._repr_mimebundle_())
+
+
+def mark_revoked(task_id: str) -> None:
+    """Revoke a task in this process's workers at once: ``celery.worker.state.revoked`` (celery 5.7.0).
+
+    A broadcast ``revoke`` reaches in-kernel workers too, but only on their next loop turn.
+    """
+    from celery.worker import state
+
+    state.revoked.add(task_id)
+
+
+def is_revoked(task_id: str) -> bool:
+    """Whether this process's workers hold ``task_id`` as revoked (``celery.worker.state.revoked``, 5.7.0)."""
+    from celery.worker import state
+
+    return task_id in state.revoked
+
+
+def eager_task_name(result: Any) -> str | None:
+    """The task name an ``EagerResult`` was made for: ``EagerResult._name`` (celery 5.7.0)."""
+    return getattr(result, "_name", None)
+
+
+def unproxied(task: Any) -> Any:
+    """The task behind the lazy proxy ``@app.task`` can hand out: ``Proxy._get_current_object`` (celery 5.7.0)."""
+    resolve = getattr(task, "_get_current_object", None)
+    return task if resolve is None else resolve()
+
+
+def subcommand_parser(parser: Any, name: str) -> Any:
+    """The sub-parser of an ``argparse`` subcommand, for its ``--help``: ``ArgumentParser._subparsers`` (3.11-3.13)."""
+    group = parser._subparsers
+    return group._group_actions[0].choices.get(name) if group is not None else None

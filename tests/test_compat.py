@@ -1,0 +1,274 @@
+"""One test per shim of ``celerynb/_compat.py``: each fails loudly when a release of Celery,
+kombu, ipywidgets or CPython removes or changes what the shim reaches for.
+
+They run against the installed versions, on a real embedded server where a shim needs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import uuid
+
+import pytest
+from celery import Celery, signals
+from celery.result import EagerResult
+from celery.worker import state
+
+from celerynb import _compat
+
+
+@pytest.fixture
+def plain_app():
+    """A throwaway app of our own on the embedded server (never celerynb's shared one)."""
+    from celerynb.cluster import server
+
+    url = server.shared_server().url
+    app = Celery(f"compat-{uuid.uuid4().hex[:8]}", broker=url, backend=url, set_as_current=False)
+    app.conf.broker_connection_retry_on_startup = False
+    yield app
+    app.close()
+
+
+# -- worker state -------------------------------------------------------------------------------------
+
+
+def test_request_worker_stop_sets_the_flags_a_worker_loop_reads():
+    try:
+        _compat.request_worker_stop(cold=False)
+        assert state.should_stop == 0 and state.should_terminate is None
+        _compat.request_worker_stop(cold=True)
+        assert state.should_terminate == 0
+    finally:
+        _compat.clear_worker_stop_flags()
+    # Celery's loop ends when either flag is not None: both must be back to None.
+    assert state.should_stop is None and state.should_terminate is None
+
+
+def test_active_request_ids_reads_the_running_requests():
+    class Request:
+        id = "compat-running-task"
+
+    request = Request()
+    state.active_requests.add(request)
+    try:
+        assert "compat-running-task" in _compat.active_request_ids()
+    finally:
+        state.active_requests.discard(request)
+
+
+def test_allow_result_get_clears_the_join_will_block_flag():
+    from celery.result import _set_task_join_will_block, task_join_will_block
+
+    _set_task_join_will_block(True)
+    _compat.allow_result_get()
+    assert task_join_will_block() is False
+
+
+def test_revoked_marks_are_shared_with_the_workers_revoke_list():
+    tid = f"compat-{uuid.uuid4()}"
+    assert not _compat.is_revoked(tid)
+    _compat.mark_revoked(tid)
+    try:
+        assert tid in state.revoked and _compat.is_revoked(tid)
+    finally:
+        state.revoked.discard(tid)
+
+
+def test_eager_results_expose_their_value_and_task_name():
+    ok = EagerResult("id-1", 42, "SUCCESS", name="compat.add")
+    failed = EagerResult("id-2", ValueError("boom"), "FAILURE")
+    assert _compat.eager_value(ok) == 42 and _compat.eager_task_name(ok) == "compat.add"
+    assert isinstance(_compat.eager_value(failed), ValueError)
+
+
+# -- an app moved to new URLs -----------------------------------------------------------------------
+
+
+def test_drop_app_connection_caches_makes_the_app_build_new_pools(plain_app):
+    pool = plain_app.pool
+    producer_pool = plain_app.amqp.producer_pool
+    backend = plain_app.backend
+    for old in _compat.drop_kombu_pools(plain_app.connection_for_write()):
+        old.force_close_all()
+    assert plain_app.pool is pool  # the app still holds what it cached
+    _compat.drop_app_connection_caches(plain_app)
+    assert plain_app.pool is not pool
+    assert plain_app.amqp.producer_pool is not producer_pool
+    assert plain_app.backend is not backend
+
+
+def test_result_backend_if_created_does_not_create_one(plain_app):
+    _compat.drop_app_connection_caches(plain_app)
+    assert _compat.result_backend_if_created(plain_app) is None
+    backend = plain_app.backend
+    assert _compat.result_backend_if_created(plain_app) is backend
+
+
+def test_take_result_pubsub_detaches_the_redis_result_consumer(plain_app):
+    backend = plain_app.backend
+    consumer = backend.result_consumer
+    consumer.start(f"compat-{uuid.uuid4()}")  # subscribes: the consumer now holds a pub/sub
+    assert consumer._pubsub is not None and consumer.subscribed_to
+    assert hasattr(consumer, "_pending_unsubscribe")
+    pubsub = _compat.take_result_pubsub(backend)
+    try:
+        assert pubsub is not None and consumer._pubsub is None and not consumer.subscribed_to
+    finally:
+        pubsub.close()
+    assert _compat.take_result_pubsub(backend) is None
+
+
+def test_drop_kombu_pools_removes_the_process_wide_pools_of_a_url(plain_app):
+    from kombu import pools
+
+    connection = plain_app.connection_for_write()
+    pools.connections[connection]  # noqa: B018 - creates the pool for this URL
+    pools.producers[connection]  # noqa: B018
+    removed = _compat.drop_kombu_pools(connection)
+    assert len(removed) == 2
+    for pool in removed:
+        pool.force_close_all()
+    assert _compat.drop_kombu_pools(connection) == []
+
+
+def test_task_registry_is_read_and_replaced_without_finalizing(plain_app):
+    registry = _compat.task_registry(plain_app)
+    assert not plain_app.finalized and isinstance(registry, dict)
+    new = type(registry)(registry)
+    _compat.replace_task_registry(plain_app, new)
+    assert plain_app.tasks is new
+
+
+# -- a task's sending path ------------------------------------------------------------------------
+
+
+def test_exec_options_and_plain_messages(plain_app):
+    @plain_app.task(name="compat.limited", soft_time_limit=7)
+    def routed():
+        return 1
+
+    assert _compat.exec_options(routed)["soft_time_limit"] == 7
+    assert _compat.sends_plain_messages(routed)
+
+
+def test_unproxied_resolves_the_lazy_task_proxy(plain_app):
+    @plain_app.task(name="compat.lazy", shared=False)
+    def lazy():
+        return 1
+
+    resolved = _compat.unproxied(lazy)
+    assert type(lazy).__name__ == "PromiseProxy" or resolved is lazy
+    assert resolved.name == "compat.lazy" and type(resolved).__name__ != "PromiseProxy"
+
+
+def test_live_receivers_lists_a_connected_receiver():
+    def receiver(**_):
+        return None
+
+    signals.before_task_publish.connect(receiver, sender="compat.sender", weak=False)
+    try:
+        assert receiver in _compat.live_receivers(signals.before_task_publish, "compat.sender")
+    finally:
+        signals.before_task_publish.disconnect(receiver, sender="compat.sender")
+    assert receiver not in _compat.live_receivers(signals.before_task_publish, "compat.sender")
+
+
+def test_no_result_subscribe_per_task_skips_the_subscribe(plain_app):
+    @plain_app.task(name="compat.sent")
+    def sent():
+        return 1
+
+    consumer = plain_app.backend.result_consumer
+    with _compat.no_result_subscribe_per_task(plain_app):
+        result = sent.delay()
+        assert f"celery-task-meta-{result.id}".encode() not in {
+            k if isinstance(k, bytes) else k.encode() for k in consumer.subscribed_to
+        }
+    other = sent.delay()  # outside: Celery subscribes again
+    assert any(other.id in (k.decode() if isinstance(k, bytes) else k) for k in consumer.subscribed_to)
+    plain_app.connection_for_write().default_channel.client.delete("celery")  # our messages only
+
+
+# -- kombu -------------------------------------------------------------------------------------------
+
+
+def test_redis_channel_internals_used_by_bulk_publishing(plain_app):
+    from kombu.utils.json import dumps
+
+    queue = f"compat-{uuid.uuid4().hex[:8]}"
+    with plain_app.producer_or_acquire() as producer:
+        assert _compat.supports_batch_publish(producer)
+        channel = producer.channel
+        assert _compat.is_redis_channel(channel)
+        with _compat.caught_puts(channel) as caught:
+            producer.publish({"x": 1}, routing_key=queue, declare=[], serializer="json")
+        assert len(caught) == 1 and caught[0][0] == queue
+        client = channel.client
+        assert client.llen(queue) == 0  # caught, not sent
+        key = _compat.redis_list_key(channel, queue, caught[0][1])
+        assert key == queue  # default priority: the plain list
+        _compat.put(channel, queue, caught[0][1])
+        assert client.llen(queue) == 1
+        assert not _compat.queue_expires(channel, queue)
+        client.delete(queue)
+    assert _compat.json_codec_is(dumps)
+
+
+# -- the standard library and ipywidgets ------------------------------------------------------------
+
+
+def test_run_before_thread_join_at_exit_is_available():
+    assert callable(getattr(threading, "_register_atexit", None))
+
+
+def test_run_before_thread_join_at_exit_runs_before_non_daemon_threads_are_joined():
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, time\n"
+        "from celerynb import _compat\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait).start()\n"  # a non-daemon thread the exit would join forever
+        "_compat.run_before_thread_join_at_exit(stop.set)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_widget_mimebundle_is_the_widget_view():
+    ipywidgets = pytest.importorskip("ipywidgets")
+    bundle = _compat.widget_mimebundle(ipywidgets.IntProgress(value=3))
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "text/plain" in bundle
+
+
+def test_subcommand_parser_finds_a_subcommand():
+    parser = argparse.ArgumentParser(prog="%celery")
+    sub = parser.add_subparsers(dest="command")
+    start = sub.add_parser("start")
+    assert _compat.subcommand_parser(parser, "start") is start
+    assert _compat.subcommand_parser(parser, "nope") is None
+    assert _compat.subcommand_parser(argparse.ArgumentParser(), "start") is None
+
+
+def test_the_declared_range_starts_at_the_versions_the_shims_were_checked_on():
+    """pyproject.toml promises no Celery/kombu/redis-py older than the one _compat was checked on."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name, label in (("celery", "celery"), ("kombu", "kombu"), ("redis", "redis-py")):
+        spec = next(d for d in declared if re.match(rf"{name}\b", d))
+        lowest = re.search(r">=\s*([\d.]+)", spec).group(1)
+        checked = re.search(rf"{label} ([\d.]+)", _compat.__doc__).group(1)
+        assert checked.split(".")[: len(lowest.split("."))] == lowest.split("."), (
+            f"pyproject declares {spec} but _compat was checked on {name} {checked}: narrow the range, "
+            "or run the suite on the lowest version too"
+        )
+        assert Version(version(name)) >= Version(lowest)
