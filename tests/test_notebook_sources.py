@@ -1,18 +1,25 @@
-"""The tutorials' sources: each notebook agrees with its paired MyST file.
+"""The tutorials' sources: each notebook agrees with its paired MyST file, and ruff passes on them.
 
 Every ``notebooks/NN_name.ipynb`` (cells and stored outputs, what nbval compares) is paired by
 jupytext with ``notebooks/NN_name.md`` (the same cells as MyST Markdown, what a reviewer
 reads), through ``notebooks/jupytext.toml``. An edit to one that was not synced to the other
 fails here; ``jupytext --sync notebooks/NN_name.ipynb`` fixes it (the newer file wins).
-These checks need no kernel.
+
+ruff checks the cells through nbQA (``nbqa ruff notebooks/*.ipynb``), which also hands it the
+bodies of ``%%celery_task`` cells (``[tool.nbqa.process_cells]`` in pyproject.toml); ruff on
+its own skips cell-magic cells. These checks need no kernel.
 """
 
 from __future__ import annotations
 
 import difflib
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
+import nbformat
 import pytest
 from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 
@@ -65,4 +72,40 @@ def test_notebook_and_its_text_file_have_the_same_cells(path):
     pytest.fail(
         f"{path.name} and {text_path.name} differ ({len(a)} vs {len(b)} cells; first difference at cell {first}):\n"
         f"{diff}\nSync them: jupytext --sync notebooks/{path.name} (the more recently modified file wins)."
+    )
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_ruff_passes_on_every_cell_of_the_tutorials():
+    result = _run(
+        "nbqa", "ruff", *[str(p.relative_to(ROOT)) for p in NOTEBOOKS], "--no-cache", "--output-format=concise"
+    )
+    assert result.returncode == 0, f"nbqa ruff notebooks/*.ipynb:\n{result.stdout}{result.stderr}"
+
+
+def test_ruff_passes_on_the_python_files_next_to_the_notebooks():
+    """tutorial_helpers.py (imported by the tutorials), _execute.py, conftest.py and proj/."""
+    assert (HERE / "tutorial_helpers.py").is_file()
+    result = _run("ruff", "check", "--no-cache", "--output-format=concise", "notebooks/")
+    assert result.returncode == 0, f"ruff check notebooks/:\n{result.stdout}{result.stderr}"
+    listed = _run("ruff", "check", "--no-cache", "--show-files", "notebooks/").stdout
+    assert "tutorial_helpers.py" in listed
+
+
+def test_the_cell_check_reads_the_body_of_celery_task_cells(tmp_path):
+    """With this repository's configuration, a mistake inside a %%celery_task cell is reported."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext celerynb"),
+        nbformat.v4.new_code_cell("%%celery_task\ndef double(x):\n    return x * factor"),
+    ]
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    result = _run("nbqa", "ruff", "probe.ipynb", "--no-cache", "--output-format=concise", cwd=tmp_path)
+    assert result.returncode == 1 and "F821" in result.stdout and "factor" in result.stdout, (
+        result.stdout + result.stderr
     )
