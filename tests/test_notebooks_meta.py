@@ -63,6 +63,13 @@ def test_notebook_was_executed_in_order_with_stored_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_carry_no_execution_timings(path):
+    """``notebooks/_execute.py`` drops them, so that a re-run changes only what the cells print."""
+    timed = [c.source[:80] for c in _read(path).cells if "execution" in c.metadata]
+    assert not timed, f"re-execute with notebooks/_execute.py (cells with metadata.execution: {timed})"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_no_stored_output_is_an_error_or_leaks_a_password(path):
     for cell in _code_cells(_read(path)):
         assert not [o for o in cell.outputs if o.output_type == "error"], cell.source[:200]
