@@ -109,3 +109,59 @@ def test_the_cell_check_reads_the_body_of_celery_task_cells(tmp_path):
     assert result.returncode == 1 and "F821" in result.stdout and "factor" in result.stdout, (
         result.stdout + result.stderr
     )
+
+
+@pytest.mark.slow
+def test_saving_a_tutorial_in_jupyter_writes_its_paired_text_file(tmp_path):
+    """A notebook edited and saved in JupyterLab (the contents API) updates its ``.md`` too."""
+    import json
+    import os
+    import secrets
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    source = NOTEBOOKS[0]
+    shutil.copy(source, root / source.name)
+    shutil.copy(HERE / "jupytext.toml", root / "jupytext.toml")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root", f"--port={port}",
+         f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}/api/contents/{source.name}"
+    headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(urllib.request.Request(base, headers=headers), timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(0.2)
+        model = json.loads(urllib.request.urlopen(urllib.request.Request(base, headers=headers), timeout=10).read())
+        marker = f"Edited in JupyterLab {secrets.token_hex(4)}."
+        model["content"]["cells"][0]["source"] += f"\n\n{marker}"
+        body = json.dumps({"type": "notebook", "format": "json", "content": model["content"]}).encode()
+        urllib.request.urlopen(urllib.request.Request(base, data=body, headers=headers, method="PUT"), timeout=30).read()
+        text = (root / source.with_suffix(".md").name)
+        assert text.exists(), "saving did not write the paired .md: is jupytext's server extension installed?"
+        assert marker in text.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
