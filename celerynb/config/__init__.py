@@ -6,35 +6,34 @@ Order (first match wins):
 2. the discovery file written by a running ``celerynb up``;
 3. nothing: the caller starts the embedded server on demand.
 
-This module imports neither Celery nor IPython, so that everything can stand on it.
+This package imports neither Celery nor IPython, so that everything can stand on it. Its
+submodules: :mod:`~celerynb.config.masking` (secrets out of what we show),
+:mod:`~celerynb.config.runtime` (the runtime directory), :mod:`~celerynb.config.discovery` (the
+file of a running ``celerynb up``) and :mod:`~celerynb.config.reachability` (does a URL answer).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z0-9+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]+)@", re.I)
+from celerynb.config.discovery import (
+    DISCOVERY_FILENAME,
+    discovery_path,
+    pid_alive,
+    read_discovery,
+    remove_discovery,
+    write_discovery,
+)
+from celerynb.config.masking import mask_text, mask_url
+from celerynb.config.runtime import runtime_dir
 
-DISCOVERY_FILENAME = "celerynb-cluster.json"
-
-
-def mask_url(url: str | None) -> str:
-    """Return ``url`` with any password replaced by ``***``, safe for reprs and logs."""
-    if not url:
-        return ""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(url))
-
-
-def mask_text(text: str) -> str:
-    """Mask every URL password inside a longer text (error messages, log lines)."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
+__all__ = [
+    "DISCOVERY_FILENAME", "Resolved", "default_wait_timeout", "discovery_path", "from_environment", "in_celery_command",
+    "mask_text", "mask_url", "noninteractive", "pid_alive", "read_discovery", "remove_discovery", "resolve",
+    "runtime_dir", "write_discovery",
+]
 
 @dataclass(frozen=True)
 class Resolved:
@@ -46,76 +45,6 @@ class Resolved:
 
     def __repr__(self) -> str:
         return f"Resolved(broker_url={mask_url(self.broker_url)!r}, source={self.source!r})"
-
-
-def runtime_dir() -> Path:
-    """Directory for the discovery file and logs; ``CELERYNB_RUNTIME_DIR`` overrides it.
-
-    Like Jupyter's connection files, it defaults to Jupyter's runtime directory.
-    """
-    override = os.environ.get("CELERYNB_RUNTIME_DIR")
-    if override:
-        path = Path(override)
-    else:
-        try:
-            from jupyter_core.paths import jupyter_runtime_dir
-
-            path = Path(jupyter_runtime_dir())
-        except ImportError:  # pragma: no cover - jupyter_core comes with ipykernel
-            path = Path.home() / ".local" / "share" / "jupyter" / "runtime"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def discovery_path() -> Path:
-    return runtime_dir() / DISCOVERY_FILENAME
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_discovery() -> dict[str, Any] | None:
-    """The discovery record of a running ``celerynb up``, or None (absent or stale)."""
-    path = discovery_path()
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not pid_alive(record.get("server_pid")):
-        return None
-    return record
-
-
-def write_discovery(record: dict[str, Any]) -> Path:
-    """Write the record readable by this user only: it holds the server password."""
-    path = discovery_path()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
-    return path
-
-
-def remove_discovery(expected_pid: int | None = None) -> None:
-    """Remove the discovery file, only if it still belongs to ``expected_pid`` when given."""
-    path = discovery_path()
-    if expected_pid is not None:
-        try:
-            if json.loads(path.read_text()).get("up_pid") != expected_pid:
-                return
-        except (OSError, ValueError):
-            return
-    path.unlink(missing_ok=True)
 
 
 def from_environment() -> Resolved | None:

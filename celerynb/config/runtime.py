@@ -1,0 +1,25 @@
+"""The runtime directory: the discovery file, logs and server data live there, readable by this user only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def runtime_dir() -> Path:
+    """Directory for the discovery file and logs; ``CELERYNB_RUNTIME_DIR`` overrides it.
+
+    Like Jupyter's connection files, it defaults to Jupyter's runtime directory.
+    """
+    override = os.environ.get("CELERYNB_RUNTIME_DIR")
+    if override:
+        path = Path(override)
+    else:
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            path = Path(jupyter_runtime_dir())
+        except ImportError:  # pragma: no cover - jupyter_core comes with ipykernel
+            path = Path.home() / ".local" / "share" / "jupyter" / "runtime"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
