@@ -16,7 +16,7 @@ from celery import Celery
 from ..monitor import get_monitor, task_name
 from ..results import outcome
 from . import _views
-from ._templates import summary_html
+from .html import render
 
 #: Up to this many tasks, one bar per task; more get one aggregate bar.
 FEW = 10
@@ -146,9 +146,11 @@ class ProgressDisplay:
         return "\n".join(lines)
 
     def summary_html(self) -> str:
+        """The final state as static HTML, readable without a kernel (saved notebooks, GitHub)."""
         views, group = self.views()
-        shown = views if self.few else []
-        return summary_html(group, shown, _views.format_duration(self.elapsed()))
+        return render("progress_summary", group=group, views=views if self.few else [],
+                      counts=_views.counts_text(group) if group is not None else "",
+                      elapsed=_views.format_duration(self.elapsed()))
 
     def __repr__(self) -> str:
         return self.text()
