@@ -20,7 +20,7 @@ PACKAGE = ROOT / "celerynb"
 #: Layers, lowest first: a module imports only from its own layer or lower ones. Within a layer,
 #: only from its own subpackage. Mirrors the "Architecture" section of README.md.
 LAYERS = [
-    ("celerynb._version", "celerynb._compat"),
+    ("celerynb._version", "celerynb._compat", "celerynb.rendering"),
     ("celerynb.config",),
     ("celerynb.workers",),
     ("celerynb.cluster",),

@@ -23,6 +23,7 @@ from celerynb.cluster.inkernel import InProcessWorker, stop_workers
 from celerynb.cluster.processes import WorkerProcess
 from celerynb.cluster.queues import queue_lengths
 from celerynb.cluster.worker_logs import WorkerLogFile
+from celerynb.rendering import render
 from celerynb.workers import cells, urls
 
 logger = logging.getLogger("celerynb")
@@ -297,9 +298,7 @@ class LocalCluster:
         )
 
     def _repr_html_(self) -> str:
-        from celerynb.display.cards import cluster_card
-
-        return cluster_card(self.status() if self.running else {"running": False})
+        return render("cluster_card", status=self.status() if self.running else {"running": False})
 
 
 def _task_queues(app: Celery) -> set[str]:

@@ -15,7 +15,7 @@ from celery import Celery
 
 from celerynb import _compat
 from celerynb.display import _views
-from celerynb.display._templates import summary_html
+from celerynb.rendering import render
 from celerynb.tracking.awaiting import outcome
 from celerynb.tracking.monitor import get_monitor
 from celerynb.tracking.snapshot import task_name
@@ -146,9 +146,11 @@ class ProgressDisplay:
         return "\n".join(lines)
 
     def summary_html(self) -> str:
+        """The final state as static HTML, readable without a kernel (saved notebooks, GitHub)."""
         views, group = self.views()
-        shown = views if self.few else []
-        return summary_html(group, shown, _views.format_duration(self.elapsed()))
+        return render("progress_summary", group=group, views=views if self.few else [],
+                      counts=_views.counts_text(group) if group is not None else "",
+                      elapsed=_views.format_duration(self.elapsed()))
 
     def __repr__(self) -> str:
         return self.text()

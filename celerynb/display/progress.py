@@ -13,8 +13,8 @@ from celery import Celery
 from celerynb import _compat
 from celerynb.display import _views
 from celerynb.display._base import ProgressDisplay, current_cell, ipython
-from celerynb.display._templates import e, state_badge
 from celerynb.display.text import TextProgress
+from celerynb.rendering import render
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 
 
@@ -74,10 +74,7 @@ class WidgetProgress(ProgressDisplay):
         if group is not None:
             self.group_bar.value = group.percent
             self.group_bar.bar_style = group.bar_style
-            self.group_label.value = (
-                f"{group.done}/{group.total} done · " +
-                " · ".join(state_badge(f"{s} {n}", _views.BAR_STYLES.get(s, "info")) for s, n in group.counts.items())
-            )
+            self.group_label.value = render("progress_counts", group=group, styles=_views.BAR_STYLES)
         if self.rows:
             for (name, bar, detail), view in zip(self.rows, views, strict=True):
                 name.value = view.name
@@ -95,10 +92,7 @@ class WidgetProgress(ProgressDisplay):
         import ipywidgets as w
 
         running = [v for v in views if not v.ready and v.state != "PENDING"][:3]
-        lines = [f"<div style='color:var(--jp-error-color1,#c00)'>{e(v.name)}: {e(v.detail)}</div>"
-                 for v in group.failures[:3]]
-        lines += [f"<div>{e(v.name)}: {e(v.detail)}</div>" for v in running]
-        html = "".join(lines)
+        html = render("progress_details", failures=group.failures[:3], running=running)
         if not self.details.children:
             self.details.children = (w.HTML(),)
         if self.details.children[0].value != html:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 from celery import Celery
 
 from celerynb import config
-from celerynb.display.cards import _MUTED, _STYLE, cluster_card
+from celerynb.rendering import render
 from celerynb.workers import urls
 
 
@@ -83,17 +82,8 @@ class ClusterStatus:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        s = self.status or {"running": False}
-        card = cluster_card(s)
-        remote = "".join(
-            f"<br>{escape(name)}: {'accepts cell tasks' if ok else 'refuses cell tasks (no cell key)'}"
-            for name, ok in sorted(self.remote.items())
-        )
-        extra = (
-            f'<div style="{_STYLE}"><b>Mode</b> {escape(self.mode)}{remote}<br>'
-            f"<b>Notebook tasks</b> <span style='{_MUTED}'>{escape(', '.join(self.tasks) or 'none')}</span></div>"
-        )
-        return f"<div>{card}<br>{extra}</div>"
+        return render("cluster_status", status=self.status or {"running": False}, mode=self.mode,
+                      remote=sorted(self.remote.items()), tasks=self.tasks)
 
 
 def _from_notebook(task: Any) -> bool:
@@ -117,5 +107,4 @@ class TaskList:
         return "\n".join(f"{name:<{width}}  {kind:<8}  {queue}" for name, kind, queue in self.rows)
 
     def _repr_html_(self) -> str:
-        body = "".join(f"<tr><td>{escape(n)}</td><td>{k}</td><td>{escape(q)}</td></tr>" for n, k, q in self.rows)
-        return f"<table class='celerynb-tasks'><tr><th>task</th><th>kind</th><th>queue</th></tr>{body}</table>"
+        return render("task_list", rows=self.rows)

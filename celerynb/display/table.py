@@ -2,7 +2,8 @@
 
 Rows come from the shared monitor (no polling of its own) and the submit log (names and
 argument reprs as published). The live widget redraws at most twice a second, so submitting
-thousands of tasks with a table on screen costs almost nothing. All user data is escaped.
+thousands of tasks with a table on screen costs almost nothing. Its HTML comes from an
+autoescaped template (``templates/task_table.html.j2``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from celery import Celery
 
 from celerynb import _compat
 from celerynb.display import _views
-from celerynb.display._templates import BOX, MUTED, bar_html, e, state_badge
+from celerynb.rendering import render
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.tracking.submitted import enable_submit_log, submitted
@@ -26,6 +27,14 @@ REFRESH_EVERY = 0.5
 def _short(value: Any, width: int = 60) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _display_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of :meth:`TaskTable.rows` with its times as shown: a time of day and a duration."""
+    started, runtime = row["started"], row["runtime"]
+    return dict(row, style=row["_style"],
+                started=time.strftime("%H:%M:%S", time.localtime(started)) if started else "",
+                runtime=_views.format_duration(runtime) if runtime is not None else "")
 
 
 class TaskTable:
@@ -149,23 +158,8 @@ class TaskTable:
 
     # -- rendering -------------------------------------------------------------------------
     def _repr_html_(self) -> str:
-        rows = self.rows()
-        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in COLUMNS)
-        body = []
-        for r in rows:
-            started = time.strftime("%H:%M:%S", time.localtime(r["started"])) if r["started"] else ""
-            body.append(
-                f"<tr><td title='{e(r['id'])}'><code>{e(r['id'][:8])}</code></td><td>{e(r['name'])}</td>"
-                f"<td>{state_badge(r['state'], r['_style'])}</td><td>{bar_html(r['progress'], r['_style'])}</td>"
-                f"<td><code>{e(r['args'])}</code></td><td>{e(r['worker'])}</td><td>{e(started)}</td>"
-                f"<td>{e(_views.format_duration(r['runtime']) if r['runtime'] is not None else '')}</td>"
-                f"<td>{e(r['result'])}</td></tr>"
-            )
-        shown = f"{len(rows)} of {len(self.ids)} tasks"
-        if self.states:
-            shown += f" in {', '.join(sorted(self.states))}"
-        return (f'<div class="celerynb-task-table" style="{BOX}"><div style="{MUTED}">{e(shown)}</div>'
-                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+        return render("task_table", rows=[_display_row(r) for r in self.rows()], total=len(self.ids),
+                      states=sorted(self.states or ()), columns=COLUMNS)
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}

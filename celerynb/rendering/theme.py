@@ -1,0 +1,52 @@
+"""The look every display shares, defined once: JupyterLab's CSS variables with fallbacks.
+
+Every template gets it as ``theme``, so the progress summary, the task table, the cluster
+cards and the badges cannot drift apart, and light and dark JupyterLab themes both read.
+Task states get their colour through their bar style (``_views.BAR_STYLES``, which the live
+ipywidgets bars use as ``bar_style`` too): SUCCESS green, FAILURE/LOST red, RETRY/REVOKED
+orange, STARTED/PROGRESS blue, PENDING grey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_TEXT = (
+    "font-family: var(--jp-ui-font-family, sans-serif); font-size: var(--jp-ui-font-size1, 13px);"
+    "color: var(--jp-ui-font-color1, #222);"
+)
+
+#: ipywidgets' bar styles as CSS colours ("" is a task not started yet).
+STYLE_COLORS: Mapping[str, str] = MappingProxyType({
+    "success": "var(--jp-success-color1, #4caf50)",
+    "danger": "var(--jp-error-color1, #f44336)",
+    "warning": "var(--jp-warn-color1, #ff9800)",
+    "info": "var(--jp-info-color1, #2196f3)",
+    "": "var(--jp-layout-color3, #bbb)",
+})
+
+
+@dataclass(frozen=True)
+class Theme:
+    """CSS for ``style`` attributes: declarations (``text``, ``muted``, ``card``) and colours."""
+
+    #: Font and text colour of every display.
+    text: str = _TEXT
+    #: Secondary text: counts, elapsed time, failures under a summary, column headers of a card.
+    muted: str = "color: var(--jp-ui-font-color2, gray);"
+    #: A bordered box: the cluster card and the mode/tasks box of ``%celery status``.
+    card: str = _TEXT + (
+        " border: 1px solid var(--jp-border-color2, #ddd);border-radius: 4px; padding: 6px 10px; display: inline-block;"
+    )
+    #: The empty part of a progress bar.
+    track: str = "var(--jp-layout-color2, #eee)"
+    colors: Mapping[str, str] = field(default_factory=lambda: STYLE_COLORS)
+
+    def color(self, style: str) -> str:
+        """The colour of a bar style; an unknown one reads as ``info`` (running)."""
+        return self.colors.get(style, self.colors["info"])
+
+
+THEME = Theme()
