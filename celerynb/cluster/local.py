@@ -36,6 +36,10 @@ class ClusterError(RuntimeError):
     """The local cluster cannot do what was asked."""
 
 
+class ServerDied(ClusterError):
+    """The cluster's embedded server is gone: nothing can be sent until the cluster restarts."""
+
+
 class LocalCluster:
     """An embedded server plus workers, all stopped by :meth:`stop`.
 
@@ -267,12 +271,33 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- health ----------------------------------------------------------------------------
+    @property
+    def server_died(self) -> bool:
+        """True when the embedded server this cluster started has exited (killed, crashed)."""
+        return self.running and self.server is not None and not self.server.running
+
+    def check_server(self) -> None:
+        """Raise :class:`ServerDied` with what to do, instead of Celery's retries and tracebacks.
+
+        Cheap (one ``waitpid`` with WNOHANG): it runs before every task is sent.
+        """
+        if self.server_died:
+            code = self.server.process.returncode if self.server.process is not None else None
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            raise ServerDied(
+                f"celerynb: the embedded server died ({how}); tasks queued on it were lost. "
+                "`%celery restart` (or celerynb.current().restart()) starts a new one."
+            )
+
     # -- reporting -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Workers, queues with their lengths, and the broker with its password masked."""
         queues = sorted({q.name for q in self.app.amqp.queues.values()} | set(self.queues or []))
+        died = self.server_died
         return {
             "running": self.running,
+            "server_died": died,
             "broker": config.mask_url(self.broker_url),
             "source": self.source,
             "server_pid": self.server.pid if self.server else None,
@@ -285,13 +310,13 @@ class LocalCluster:
                  "alive": p.alive, "pid": p.pid}
                 for p in self.processes
             ],
-            "queues": queue_lengths(self.app, queues) if self.running else {},
+            "queues": queue_lengths(self.app, queues) if self.running and not died else {},
             "beat": self.beat is not None,
             "log_file": self.log_file,
         }
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
+        state = ("broken: its server died" if self.server_died else "running") if self.running else "stopped"
         return (
             f"<LocalCluster {state} broker={config.mask_url(self.broker_url) if self.running else '-'} "
             f"workers={len(self.workers)} processes={len(self.processes)}>"

@@ -89,6 +89,7 @@ def _on_submit(app: Celery) -> None:
     """Submit hook: with no broker configured, the first task starts the embedded cluster."""
     running = current()
     if running is not None and running.app is app:
+        running.check_server()
         return
     if app.current_worker_task is not None or config.in_celery_command():
         return

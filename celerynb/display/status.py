@@ -29,6 +29,10 @@ def _mode(app: Celery, cluster: Any) -> str:
             "explicit": "external", "app": "the app's own broker"}.get(source or "", "not started")
 
 
+#: Shown instead of queue lengths when the cluster's embedded server is gone.
+SERVER_DIED = "server:  died, and its queued tasks with it: %celery restart starts a new one"
+
+
 class ClusterStatus:
     """A snapshot of the cluster taken when the object is made."""
 
@@ -41,7 +45,8 @@ class ClusterStatus:
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
         self.remote: dict[str, bool] = {}
-        if ask_workers and urls.source_of(app) and not app.conf.task_always_eager and (
+        died = bool((self.status or {}).get("server_died"))
+        if ask_workers and not died and urls.source_of(app) and not app.conf.task_always_eager and (
             urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
         ):
             from celerynb.cluster.queues import cell_support
@@ -65,6 +70,7 @@ class ClusterStatus:
                 "celerynb cluster",
                 f"app:     {self.app.main}",
                 f"broker:  {s['broker']}",
+                *([SERVER_DIED] if s.get("server_died") else []),
                 f"mode:    {self.mode}",
                 "workers: " + (", ".join(
                     f"{w['name'].split('@')[0]} ({w['kind']}, {w['pool']} x{w['concurrency']}"
