@@ -29,9 +29,38 @@ class _AutoStrategies(dict):
         return strategy
 
 
+class MessageRefused(Exception):
+    """The worker would not decode this task's message (a serializer it does not accept)."""
+
+
 class Consumer(_CeleryConsumer):
     Strategies = _AutoStrategies
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.strategies.consumer = self
+
+    # Celery logs a refused message and drops it: its task would stay PENDING forever, with the
+    # reason only in a log file. Record the refusal as the task's FAILURE, where displays look.
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        super().on_decode_error(message, exc)
+        self._record_refusal(message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_invalid_task(body, message, exc)
+        self._record_refusal(message, exc)
+
+    def _record_refusal(self, message: Any, exc: Exception) -> None:
+        headers = getattr(message, "headers", None)
+        task_id = headers.get("id") if isinstance(headers, dict) else None
+        if not task_id or not self.app.conf.result_backend:
+            return
+        accepted = ", ".join(sorted(self.app.conf.accept_content or [])) or "json"
+        reason = MessageRefused(
+            f"the worker refused this task's message ({exc}); it accepts {accepted}: "
+            "send it with serializer='json'"
+        )
+        try:
+            self.app.backend.mark_as_failure(task_id, reason, request=None, call_errbacks=False)
+        except Exception:  # noqa: BLE001 - the refusal is logged already; never break the consumer
+            pass
