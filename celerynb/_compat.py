@@ -287,3 +287,37 @@ def subcommand_parser(parser: Any, name: str) -> Any:
     """The sub-parser of an ``argparse`` subcommand, for its ``--help``: ``ArgumentParser._subparsers`` (3.11-3.13)."""
     group = parser._subparsers
     return group._group_actions[0].choices.get(name) if group is not None else None
+
+
+# -- kombu: messages a dead worker held ------------------------------------------------------------
+
+
+def unacked_messages(channel: Any) -> dict[str, dict[str, Any]]:
+    """Delivered but unacknowledged messages of kombu's Redis transport, by delivery tag.
+
+    The ``unacked`` hash (``Channel.unacked_key``, kombu 5.7.0) holds ``[message, exchange,
+    routing_key]`` as JSON; kombu itself gives them back only after the visibility timeout.
+    """
+    import json
+
+    raw = channel.client.hgetall(channel.unacked_key)
+    found = {}
+    for tag, value in raw.items():
+        try:
+            message = json.loads(value)[0]
+        except (ValueError, TypeError, IndexError):
+            continue
+        found[tag.decode() if isinstance(tag, bytes) else str(tag)] = message
+    return found
+
+
+def restore_unacked(channel: Any, tag: str) -> None:
+    """Put one unacknowledged message back on its queue now: ``QoS.restore_by_tag`` (kombu 5.7.0)."""
+    channel.qos.restore_by_tag(tag)
+
+
+def reserved_request_ids() -> list[str]:
+    """Ids of tasks this process's workers received but did not start: ``celery.worker.state.reserved_requests`` (5.7.0)."""
+    from celery.worker import state
+
+    return [request.id for request in list(state.reserved_requests)]

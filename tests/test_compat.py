@@ -272,3 +272,37 @@ def test_the_declared_range_starts_at_the_versions_the_shims_were_checked_on():
             "or run the suite on the lowest version too"
         )
         assert Version(version(name)) >= Version(lowest)
+
+
+def test_reserved_request_ids_reads_the_reserved_requests():
+    class Request:
+        id = "compat-reserved-task"
+
+    request = Request()
+    state.reserved_requests.add(request)
+    try:
+        assert "compat-reserved-task" in _compat.reserved_request_ids()
+    finally:
+        state.reserved_requests.discard(request)
+
+
+def test_unacked_messages_are_listed_and_restored_to_their_queue(plain_app):
+    from kombu import Queue
+
+    name = f"compat-unacked-{uuid.uuid4().hex[:8]}"
+    with plain_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        queue = Queue(name, routing_key=name)
+        with connection.Producer(channel) as producer:
+            producer.publish({"n": 1}, routing_key=name, declare=[queue], headers={"id": "compat-unacked-id"},
+                             serializer="json")
+        message = queue(channel).get(no_ack=False)  # delivered, not acknowledged
+        assert message is not None and channel.client.llen(name) == 0
+        held = {tag: m for tag, m in _compat.unacked_messages(channel).items()
+                if (m.get("headers") or {}).get("id") == "compat-unacked-id"}
+        assert len(held) == 1
+        _compat.restore_unacked(channel, next(iter(held)))
+        assert channel.client.llen(name) == 1
+        assert not [m for m in _compat.unacked_messages(channel).values()
+                    if (m.get("headers") or {}).get("id") == "compat-unacked-id"]
+        channel.client.delete(name)

@@ -34,6 +34,7 @@ from conftest import wait_for
 
 import celerynb
 from celerynb.bulk import map as bulk_map
+from celerynb.display.status import ClusterStatus
 from celerynb.tracking.monitor import LOST, get_monitor
 
 pytestmark = pytest.mark.reliability
@@ -126,6 +127,42 @@ def test_worker_crash_is_redelivered_shown_and_nothing_is_lost(app, task_module,
             text = log.read_text(errors="replace")
             assert cluster.server.password not in text, log
             assert not UNMASKED.search(text), log
+    finally:
+        cluster.stop()
+
+
+def test_killed_worker_main_process_is_shown_and_its_task_redelivered_at_once(app, task_module, tmp_path):
+    """Reported: the display said STARTED for 85+ s, the message sat in ``unacked`` for the
+    visibility timeout (3600 s) and status still listed the dead worker."""
+    tasks, folder = task_module
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        proc = _add_process(cluster, folder, concurrency=1)
+        victim = tasks.crashy.delay("victim", str(markers))
+        monitor = get_monitor(app)
+        monitor.track([victim.id])
+        victim_file = markers / "victim"
+        wait_for(lambda: victim_file.exists() and victim_file.read_text().split(), timeout=30,
+                 message="the victim task to start")
+        wait_for(lambda: monitor.snapshot(victim.id).state == "STARTED", timeout=10, message="STARTED seen")
+        killed_at = time.monotonic()
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker's main process and its prefork child
+        wait_for(lambda: monitor.snapshot(victim.id).state == "WORKER_LOST", timeout=15,
+                 message="the display to show the lost worker")
+        detected = time.monotonic() - killed_at
+        shown = celerynb.progress(victim, widget=False).text()
+        assert "WORKER LOST" in shown and "died: requeued" in shown, shown
+        status = repr(ClusterStatus(app, cluster))
+        assert f"{proc.name.split('@')[0]} (process, prefork x1, DIED)" in status
+        # A fresh worker takes the requeued message at once, not after the visibility timeout.
+        _add_process(cluster, folder, concurrency=1)
+        assert victim.get(timeout=60) == {"key": "victim", "attempts": 2}
+        redelivered = time.monotonic() - killed_at
+        print(f"\nworker loss detected in {detected:.1f} s; task done {redelivered:.1f} s after the kill")
+        with app.connection_for_write() as conn:
+            assert not conn.default_channel.client.hlen("unacked")
     finally:
         cluster.stop()
 

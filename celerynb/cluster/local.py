@@ -23,6 +23,7 @@ from celerynb.cluster.inkernel import InProcessWorker, stop_workers
 from celerynb.cluster.processes import WorkerProcess
 from celerynb.cluster.queues import queue_lengths
 from celerynb.cluster.worker_logs import WorkerLogFile
+from celerynb.cluster.worker_loss import WorkerLoss, recover
 from celerynb.rendering import render
 from celerynb.workers import cells, urls
 
@@ -80,6 +81,8 @@ class LocalCluster:
         self.persistent = persistent
         self.workers: list[InProcessWorker] = []
         self.processes: list[WorkerProcess] = []
+        self.losses: list[WorkerLoss] = []
+        self._reported: set[str] = set()
         self.beat: Any = None
         self.server: server.EmbeddedServer | None = None
         self.log_dir: str | None = None
@@ -290,11 +293,30 @@ class LocalCluster:
                 "`%celery restart` (or celerynb.current().restart()) starts a new one."
             )
 
+    def check_workers(self) -> list[WorkerLoss]:
+        """Worker processes found dead since the last check, each reported once; what they held
+        goes back to the queue at once (see :mod:`celerynb.cluster.worker_loss`).
+
+        Cheap while every process lives (one ``waitpid`` each); the monitor calls it on every
+        reconcile, ``status()`` too.
+        """
+        with lock:
+            dead = [p for p in self.processes if p.died and p.name not in self._reported]
+            if not dead or not self.running:
+                return []
+            self._reported.update(p.name for p in dead)
+            live = [p for p in self.processes if p.alive]
+        losses = recover(self.app, dead, live)
+        self.losses.extend(losses)
+        return losses
+
     # -- reporting -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Workers, queues with their lengths, and the broker with its password masked."""
         queues = sorted({q.name for q in self.app.amqp.queues.values()} | set(self.queues or []))
         died = self.server_died
+        if not died:
+            self.check_workers()
         return {
             "running": self.running,
             "server_died": died,
@@ -307,7 +329,7 @@ class LocalCluster:
             ]
             + [
                 {"name": p.name, "kind": "process", "pool": p.pool, "concurrency": p.concurrency,
-                 "alive": p.alive, "pid": p.pid}
+                 "alive": p.alive, "pid": p.pid, "died": p.died}
                 for p in self.processes
             ],
             "queues": queue_lengths(self.app, queues) if self.running and not died else {},

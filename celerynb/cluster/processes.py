@@ -59,6 +59,15 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def died(self) -> bool:
+        """True when the process exited without being stopped (killed, crashed)."""
+        return self.process is not None and self.process.poll() is not None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def command(self) -> list[str]:
         cmd = [
             sys.executable, "-m", "celery", "-A", self.app_path, "worker",

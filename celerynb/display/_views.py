@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import states
 
-from celerynb.tracking.snapshot import LOST, MOVED_INFO, TaskSnapshot
+from celerynb.tracking.snapshot import LOST, MOVED_INFO, WORKER_LOST, TaskSnapshot
 
 BAR_STYLES = {
     states.PENDING: "",
@@ -26,9 +26,10 @@ BAR_STYLES = {
     states.REJECTED: "danger",
     states.IGNORED: "",
     LOST: "danger",
+    WORKER_LOST: "warning",
 }
 #: Order of states in counts: finished ones last.
-STATE_ORDER = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "ABORTED", LOST]
+STATE_ORDER = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", WORKER_LOST, "SUCCESS", "FAILURE", "REVOKED", "ABORTED", LOST]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
         detail = f"FAILURE {error}" if error else "FAILURE"
     elif state == states.REVOKED:
         detail = "REVOKED (cancelled)"
+    elif state == WORKER_LOST:
+        status = snap.info.get("status") if isinstance(snap.info, dict) else None
+        detail = f"WORKER LOST ({status})" if status else "WORKER LOST"
     elif state == LOST:
         error = (
             "the cluster it was sent to is gone" if snap.info == MOVED_INFO

@@ -74,7 +74,8 @@ class ClusterStatus:
                 f"mode:    {self.mode}",
                 "workers: " + (", ".join(
                     f"{w['name'].split('@')[0]} ({w['kind']}, {w['pool']} x{w['concurrency']}"
-                    f"{', accepts cell tasks' if w['kind'] == 'thread' else ''})" for w in s["workers"]
+                    f"{', accepts cell tasks' if w['kind'] == 'thread' else ''}"
+                    f"{', DIED' if w.get('died') else ''})" for w in s["workers"]
                 ) or "none"),
                 "queues:  " + ", ".join(f"{q}={n}" for q, n in s["queues"].items()),
                 f"log:     {s['log_file']}",

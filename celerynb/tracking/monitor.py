@@ -22,7 +22,8 @@ from typing import Any
 from celery import Celery, states
 
 from celerynb.tracking.backend_source import BATCH, BackendNotObservable, BackendSource, check_observable
-from celerynb.tracking.snapshot import LOST, LOST_INFO, MOVED_INFO, TaskSnapshot, replace_state, task_name
+from celerynb.tracking.faults import FaultReactions
+from celerynb.tracking.snapshot import LOST, TaskSnapshot, task_name
 
 __all__ = ["BackendNotObservable", "TaskMonitor", "TaskSnapshot", "check_observable", "forget_monitors",
            "get_monitor", "task_name", "LOST"]
@@ -37,7 +38,7 @@ _LISTEN_TIMEOUT = 0.02
 
 Listener = Callable[["TaskSnapshot"], None]
 
-class TaskMonitor:
+class TaskMonitor(FaultReactions):
     """Latest state of tracked tasks, kept fresh by one daemon thread.
 
     Use :func:`get_monitor` rather than building one: there is one per app per process.
@@ -311,31 +312,6 @@ class TaskMonitor:
             for entry in self._tickers.values():
                 entry[2] = 0.0
 
-    def _after_restart(self, source: BackendSource) -> None:
-        """Mark tasks LOST whose messages a restarted, non-persistent server cannot have kept,
-        or whose server the app no longer uses."""
-        with self._lock:
-            gone = [t for t in self._unfinished if self._origin.get(t, source.url) != source.url]
-        for tid in gone:
-            self._apply(replace_state(self._snapshots[tid], LOST, MOVED_INFO), None, force=True)
-        run = source.server_run()
-        if run is None:
-            return
-        previous, self._server_run = self._server_run, (source.url, run[0])
-        # Another URL is another server (a new cluster), not a restart of this one.
-        if previous is None or previous != (source.url, previous[1]) or previous[1] == run[0]:
-            return
-        if run[1] or not source.holds_broker():
-            return
-        with self._lock:
-            waiting = [t for t in self._unfinished if self._snapshots[t].state in (states.PENDING, states.RECEIVED)]
-        for start in range(0, len(waiting), BATCH):
-            chunk = waiting[start:start + BATCH]
-            for tid, payload in zip(chunk, source.read(chunk), strict=True):
-                if payload is None:  # nothing written since the restart: the message is gone
-                    self._apply(replace_state(self._snapshots[tid], LOST, LOST_INFO), None, force=True)
-        logger.warning("celerynb: the server restarted without persistence; %d queued task(s) were lost", len(waiting))
-
     def _idle(self, seconds: float) -> None:
         """Back off, but wake at once when someone tracks new tasks (the server may be back)."""
         deadline = time.monotonic() + seconds
@@ -374,6 +350,7 @@ class TaskMonitor:
                 if self.app.conf.result_backend != url:
                     return  # the app moved to another server: reconnect there
                 self._read(source, list(self._unfinished))
+                self._check_workers()
                 self.stats["reconciles"] += 1
                 next_sweep = now + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
             if source.mode == "redis":

@@ -17,6 +17,9 @@ from celerynb.tracking.submitted import submitted
 #: Not a Celery state: a task queued or unseen when the server restarted without persistence.
 #: Its message is gone, so it will never run: displays end instead of waiting forever.
 LOST = "LOST"
+#: Not a Celery state either: the worker running this task died. Not an end: the task was
+#: requeued (or waits for a worker), so displays go on following it.
+WORKER_LOST = "WORKER_LOST"
 MOVED_INFO = ("the app now uses another server (the cluster this task was sent to was stopped): "
               "its state can no longer be followed")
 LOST_INFO = ("the server restarted without persistence and this task's message was lost: "
