@@ -108,9 +108,11 @@ def register(
     with warnings.catch_warnings():
         # Celery 5 warns that the per-task ``queue`` attribute (the guide's style) goes away in 6.
         warnings.simplefilter("ignore", CDeprecationWarning)
-        task = app.task(name=name, shared=False, **options.as_task_kwargs())(func)
+        base = type("NotebookCellTask", (cells.VersionCheckedTask, app.Task), {})
+        task = app.task(name=name, shared=False, base=base, **options.as_task_kwargs())(func)
     task._celerynb_source = source
     task._celerynb_record = cells.make_record(name, func.__name__, source, options.as_task_kwargs())
+    cells.remember(task)
     _notify_workers(app, name, options.queue)
     return task
 
