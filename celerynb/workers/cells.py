@@ -1,8 +1,8 @@
 """Notebook cells shipped to workers: signed, versioned, verified before they compile.
 
 A ``%%celery_task`` cell is stored in the result backend's Redis as a JSON record
-(``celerynb:cell:<version>``) signed with HMAC-SHA256 under the cluster's cell key; each
-message names its version in
+(``celerynb:cell:<version>``) signed with HMAC-SHA256 under the cluster's cell key; the
+signature covers everything in it, the task name included. Each message names its version in
 the ``celerynb_cell`` header, and a worker runs exactly that version or refuses the message:
 
 * a cell registered in this kernel (:class:`VersionCheckedTask`) runs its own body when the
@@ -11,8 +11,8 @@ the ``celerynb_cell`` header, and a worker runs exactly that version or refuses 
 * a worker process meets an unknown task name with a stand-in (:class:`CellTaskRegistry`).
 
 Either way an unknown version is fetched, its signature verified with the worker's own copy
-of the key, and only then compiled. No key, a bad signature or a missing record: the task
-fails with the reason, nothing runs.
+of the key, its name checked against the message's, and only then compiled. No key, a bad
+signature, another name or a missing record: the task fails with the reason, nothing runs.
 Messages stay JSON; pickle is never involved.
 """
 
@@ -123,8 +123,27 @@ def store(app: Celery, record: dict[str, Any]) -> None:
 
 
 def fetch(app: Celery, version: str) -> dict[str, Any] | None:
+    """The stored record of ``version`` (None if absent); CellRefused if it is no cell record."""
     raw = _redis(app).get(record_key(version))
-    return json.loads(raw) if raw else None
+    return parse_record(raw, version) if raw else None
+
+
+_RECORD_TEXT_FIELDS = ("name", "function", "source", "version", "signature")
+
+
+def parse_record(raw: bytes | str, version: str) -> dict[str, Any]:
+    """A stored record, decoded and of the right shape (its signature is checked later)."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if (not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in _RECORD_TEXT_FIELDS)
+            or not isinstance(record.get("options", {}), dict)):
+        raise CellRefused(
+            f"the store holds no valid cell record for version {version} (not a JSON record with "
+            f"{', '.join(_RECORD_TEXT_FIELDS)}): run the cell again in its notebook to store it anew."
+        )
+    return record
 
 
 _shipped: set[tuple[str, str, str]] = set()
@@ -174,13 +193,19 @@ _compiled: dict[str, _Compiled] = {}
 _compile_lock = threading.Lock()
 
 
-def load_version(app: Celery, version: str, hostname: str) -> _Compiled:
-    """Fetch, verify and compile one cell version (cached per process)."""
+def load_version(app: Celery, version: str, hostname: str, name: str) -> _Compiled:
+    """Fetch, verify and compile one cell version (cached per process); only under its own ``name``."""
     compiled = _compiled.get(version)
     if compiled is None:
         with _compile_lock:
             compiled = _compiled.get(version) or _load(app, version, hostname)
             _compiled[version] = compiled
+    if compiled.record["name"] != name:
+        logger.error("refused cell version %s under the name %s: it is %s", version, name, compiled.record["name"])
+        raise CellRefused(
+            f"worker {hostname} refused task {name!r}: its message names cell version {version[:12]}, which "
+            f"is the cell {compiled.record['name']!r} (a signed version runs only under its own name)."
+        )
     return compiled
 
 
@@ -194,10 +219,10 @@ def _load(app: Celery, version: str, hostname: str) -> _Compiled:
     record = fetch(app, version)
     if record is None:
         raise CellRefused(f"cell version {version} is not in the store (expired, or sent to another broker).")
-    if record.get("version") != version or not verify(record, key):
-        logger.error("refused cell %s (%s): signature does not verify", record.get("name"), version)
+    if record["version"] != version or not verify(record, key):
+        logger.error("refused cell %s (%s): signature does not verify", record["name"], version)
         raise CellRefused(
-            f"worker {hostname} refused cell {record.get('name')!r}: its signature does not verify "
+            f"worker {hostname} refused cell {record['name']!r}: its signature does not verify "
             "(tampered record, or a different cluster key)."
         )
     namespace: dict[str, Any] = {"__name__": f"notebook_cell_{version[:8]}"}
@@ -239,7 +264,7 @@ def run_version(task: Task, version: str, args: tuple[Any, ...], kwargs: dict[st
     if earlier is not None and earlier.name == task.name and earlier.app is task.app:
         runner = earlier
     else:
-        runner = load_version(task.app, version, request.hostname or "this worker").runner(task.app)
+        runner = load_version(task.app, version, request.hostname or "this worker", task.name).runner(task.app)
     runner.push_request(**vars(request))  # a bound body reads self.request
     try:
         return runner.run(*args, **kwargs)
