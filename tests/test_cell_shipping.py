@@ -122,6 +122,14 @@ def test_signed_version_runs_only_under_its_own_name(ip, app):
         renamed.get(timeout=30)
 
 
+def test_decorated_cell_runs_on_worker_process(ip):
+    cell = ("import os\ndef tagged(f):\n    def wrapper(x):\n        return [f(x), os.getpid()]\n"
+            "    return wrapper\n\n@tagged\ndef work(x):\n    return x * 10\n")
+    ip.run_cell_magic("celery_task", "", cell)
+    value, pid = ip.user_ns["work"].delay(4).get(timeout=30)
+    assert value == 40 and pid != os.getpid()
+
+
 def test_missing_module_names_module_and_worker(ip, tmp_path, monkeypatch):
     (tmp_path / "kernel_only_module.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
