@@ -89,6 +89,47 @@ def test_tampered_record_is_refused(ip, app):
     assert AsyncResult(result.id, app=app).state == "FAILURE"
 
 
+@pytest.mark.reliability
+@pytest.mark.parametrize("stored", [b"not json {", b'["a list"]', b'{"name": "notebook.garbled"}'])
+def test_record_that_is_no_cell_record_is_refused(ip, app, stored):
+    ip.run_cell_magic("celery_task", "", f"def garbled():\n    return {stored!r}\n")
+    task = ip.user_ns["garbled"]
+    cells.ship(app, task._celerynb_record)
+    app.backend.client.set(cells.record_key(task._celerynb_record["version"]), stored)
+    result = task.delay()
+    with pytest.raises(cells.CellRefused, match="the store holds no valid cell record"):
+        result.get(timeout=30)
+    assert AsyncResult(result.id, app=app).state == "FAILURE"
+
+
+@pytest.mark.reliability
+def test_signed_version_runs_only_under_its_own_name(ip, app):
+    ip.run_cell_magic("celery_task", "", "def harmless():\n    return 'harmless ran'\n")
+    record = ip.user_ns["harmless"]._celerynb_record
+    cells.ship(app, record)
+    replay = app.send_task("notebook.elsewhere", headers={cells.HEADER: record["version"]})
+    with pytest.raises(cells.CellRefused, match="runs only under its own name"):
+        replay.get(timeout=30)
+    # The name is part of what the signature covers: renaming the stored record breaks it.
+    ip.run_cell_magic("celery_task", "", "def harmless2():\n    return 'harmless2 ran'\n")
+    record = ip.user_ns["harmless2"]._celerynb_record
+    cells.ship(app, record)
+    client = app.backend.client
+    stored = json.loads(client.get(cells.record_key(record["version"])))
+    client.set(cells.record_key(record["version"]), json.dumps({**stored, "name": "notebook.renamed"}))
+    renamed = app.send_task("notebook.renamed", headers={cells.HEADER: record["version"]})
+    with pytest.raises(cells.CellRefused, match="signature does not verify"):
+        renamed.get(timeout=30)
+
+
+def test_decorated_cell_runs_on_worker_process(ip):
+    cell = ("import os\ndef tagged(f):\n    def wrapper(x):\n        return [f(x), os.getpid()]\n"
+            "    return wrapper\n\n@tagged\ndef work(x):\n    return x * 10\n")
+    ip.run_cell_magic("celery_task", "", cell)
+    value, pid = ip.user_ns["work"].delay(4).get(timeout=30)
+    assert value == 40 and pid != os.getpid()
+
+
 def test_missing_module_names_module_and_worker(ip, tmp_path, monkeypatch):
     (tmp_path / "kernel_only_module.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -89,12 +89,42 @@ def test_helpers_in_cell_stay_available(ip):
         ("--max-retries lots", "def f():\n    pass\n", "invalid int value"),
         ("--rate-limit fast", "def f():\n    pass\n", "is not a rate"),
         ("", "async def f():\n    pass\n", "coroutine function"),
+        ("", "def numbers(n):\n    yield from range(n)\n", "numbers is a generator function"),
+        ("--name celery.ping", "def f():\n    return 'mine'\n", "in Celery's own namespace"),
+        ("--name tasks.process_document", "def f():\n    pass\n", "already a task of the app"),
     ],
 )
 def test_bad_cells_raise_one_line_usage_errors(ip, line, cell, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         ip.run_cell_magic("celery_task", line, cell)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.reliability
+def test_decorated_function_is_the_task_not_its_decorator(ip):
+    cell = (
+        "def twice(f):\n    def wrapper(x):\n        return 2 * f(x)\n    return wrapper\n\n"
+        "@twice\ndef work(x):\n    return x + 1\n"
+    )
+    ip.run_cell_magic("celery_task", "", cell)
+    task = ip.user_ns["work"]
+    assert task.name == "notebook.work" and task.delay(1).get(timeout=10) == 4
+    assert not hasattr(ip.user_ns["twice"], "delay")  # the decorator stays a plain function
+
+
+@pytest.mark.reliability
+def test_refused_cells_leave_the_session_as_it_was(ip, app):
+    builtin = app.tasks["celery.backend_cleanup"]
+    for line, cell in [("", "ran = True\ndef gen():\n    yield 1\n"),
+                       ("--name celery.backend_cleanup", "ran = True\ndef ping():\n    return 'mine'\n")]:
+        with pytest.raises(UsageError):
+            ip.run_cell_magic("celery_task", line, cell)
+    assert "ran" not in ip.user_ns and "gen" not in ip.user_ns and "ping" not in ip.user_ns
+    assert app.tasks["celery.backend_cleanup"] is builtin
+    # A generator nested in the task is fine: only the task itself must return.
+    ip.run_cell_magic("celery_task", "", "def listed(n):\n    def gen():\n        yield from range(n)\n"
+                      "    return list(gen())\n")
+    assert ip.user_ns["listed"].delay(3).get(timeout=10) == [0, 1, 2]
 
 
 def test_failed_redefinition_keeps_previous_task(ip):

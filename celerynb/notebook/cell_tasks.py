@@ -7,6 +7,8 @@ after a worker started; both are handled here so that re-running a cell just wor
 from __future__ import annotations
 
 import ast
+import contextlib
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,14 +75,25 @@ class TaskOptions:
 
 
 def find_task_function(source: str) -> str:
-    """Name of the one undecorated top-level function in ``source``; decorated helpers may stay."""
+    """Name of the function in ``source`` that becomes the task.
+
+    It is the one top-level ``def`` that is neither decorated nor used as a decorator in the
+    cell (decorated helpers may stay); failing that, the one decorated only by decorators the
+    cell defines itself (``def deco`` + ``@deco def work``: ``work``).
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise CellTaskError(f"The cell has a syntax error on line {exc.lineno}: {exc.msg}.") from None
-    candidates = [
-        node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.decorator_list
+    defs = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    decorators = {name for node in defs for name in map(_decorator_name, node.decorator_list) if name}
+    local = {node.name for node in defs}
+    plain = [node for node in defs if not node.decorator_list and node.name not in decorators]
+    locally_decorated = [
+        node for node in defs if node.decorator_list and node.name not in decorators
+        and all(_decorator_name(d) in local for d in node.decorator_list)
     ]
+    candidates = plain or locally_decorated
     async_defs = [node.name for node in tree.body if isinstance(node, ast.AsyncFunctionDef)]
     if not candidates and async_defs:
         raise CellTaskError(
@@ -90,27 +103,80 @@ def find_task_function(source: str) -> str:
         raise CellTaskError("The cell defines no function: write one top-level `def` to become the task.")
     if len(candidates) > 1:
         raise CellTaskError(
-            f"The cell defines {len(candidates)} functions ({', '.join(candidates)}): keep one task per cell, "
-            "or decorate helpers."
+            f"The cell defines {len(candidates)} functions ({', '.join(n.name for n in candidates)}): keep one "
+            "task per cell, or decorate helpers."
         )
-    return candidates[0]
+    chosen = candidates[0]
+    if not chosen.decorator_list and _is_generator(chosen):
+        raise CellTaskError(_generator_message(chosen.name))
+    return chosen.name
+
+
+def _decorator_name(node: ast.expr) -> str | None:
+    """``deco`` for ``@deco`` and ``@deco(...)``; None for ``@mod.deco`` and anything else."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _is_generator(node: ast.FunctionDef) -> bool:
+    """Whether ``yield`` occurs in the function's own body (not in a nested def, lambda or class)."""
+    pending: list[ast.AST] = list(node.body)
+    while pending:
+        child = pending.pop()
+        if isinstance(child, ast.Yield | ast.YieldFrom):
+            return True
+        if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            pending.extend(ast.iter_child_nodes(child))
+    return False
+
+
+def _generator_message(name: str) -> str:
+    return (f"{name} is a generator function (it uses yield): a Celery task returns its result, so "
+            "collect the values in a list and return that.")
+
+
+def check_name(app: Celery, name: str) -> None:
+    """Refuse a name that would replace one of Celery's or the app's own tasks in this kernel."""
+    if name == "celery" or name.startswith("celery."):
+        raise CellTaskError(
+            f"task name {name!r} is in Celery's own namespace (celery.*): pass another --name, e.g. notebook.my_task."
+        )
+    existing = app.tasks.get(name)
+    if existing is not None and not hasattr(existing, "_celerynb_record") and not hasattr(existing, "_celerynb_standin"):
+        raise CellTaskError(
+            f"task name {name!r} is already a task of the app, not defined by a cell: pass another --name."
+        )
 
 
 def register(
-    app: Celery, func: Any, options: TaskOptions, source: str
+    app: Celery, func: Any, options: TaskOptions, source: str, function: str | None = None
 ) -> Task:
-    """Register ``func`` as a task on ``app``, replacing an earlier task of the same name."""
-    name = options.name or f"notebook.{func.__name__}"
-    func.__module__ = "notebook"
-    func.__qualname__ = func.__name__
+    """Register ``func`` as a task on ``app``, replacing an earlier cell task of the same name.
+
+    ``function`` is the name the cell defines it under (``func.__name__`` by default; a
+    decorator may have changed that).
+    """
+    function = function or func.__name__
+    if inspect.isgeneratorfunction(func):
+        raise CellTaskError(_generator_message(function))
+    if inspect.iscoroutinefunction(func):
+        raise CellTaskError(f"{function} is a coroutine function: Celery tasks are plain functions (def, not async def).")
+    name = options.name or f"notebook.{function}"
     tasks = app.tasks  # finalizes the app
+    check_name(app, name)
+    with contextlib.suppress(AttributeError, TypeError):  # a decorator may return a callable object
+        func.__module__ = "notebook"
+        func.__qualname__ = function
     tasks.pop(name, None)
     with warnings.catch_warnings():
         # Celery 5 warns that the per-task ``queue`` attribute (the guide's style) goes away in 6.
         warnings.simplefilter("ignore", CDeprecationWarning)
-        task = app.task(name=name, shared=False, **options.as_task_kwargs())(func)
+        base = type("NotebookCellTask", (cells.VersionCheckedTask, app.Task), {})
+        task = app.task(name=name, shared=False, base=base, **options.as_task_kwargs())(func)
     task._celerynb_source = source
-    task._celerynb_record = cells.make_record(name, func.__name__, source, options.as_task_kwargs())
+    task._celerynb_record = cells.make_record(name, function, source, options.as_task_kwargs())
+    cells.remember(task)
     _notify_workers(app, name, options.queue)
     return task
 

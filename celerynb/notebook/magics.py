@@ -100,8 +100,9 @@ class CeleryMagics(Magics):
     def celery_task(self, line: str, cell: str) -> None:
         """Turn the function defined in this cell into a Celery task.
 
-        The cell must define exactly one undecorated top-level function; it becomes a task
-        named ``notebook.<function>`` (or ``--name``) and is bound under the function's name.
+        The cell must define exactly one undecorated top-level function (or one decorated by a
+        decorator the cell defines); it becomes a task named ``notebook.<function>`` (or
+        ``--name``, outside Celery's ``celery.*``) and is bound under the function's name.
         Running the cell again replaces the task, also in running in-kernel workers.
         """
         try:
@@ -117,6 +118,7 @@ class CeleryMagics(Magics):
         try:
             options.validate()
             fname = cell_tasks.find_task_function(cell)
+            cell_tasks.check_name(_current_app(), options.name or f"notebook.{fname}")
         except cell_tasks.CellTaskError as exc:
             raise UsageError(f"%%celery_task: {exc}") from None
         ns = self.shell.user_ns
@@ -133,7 +135,7 @@ class CeleryMagics(Magics):
                 )
             raise UsageError(f"%%celery_task: {fname} was not defined; nothing was registered.")
         try:
-            task = cell_tasks.register(_current_app(), func, options, cell)
+            task = cell_tasks.register(_current_app(), func, options, cell, fname)
         except Exception as exc:  # noqa: BLE001 - one line for the user, the old task stays
             self._restore(ns, fname, previous, missing)
             raise UsageError(f"%%celery_task: could not register {fname}: {config.mask_text(str(exc))}") from None

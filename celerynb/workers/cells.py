@@ -1,11 +1,18 @@
-"""Notebook cells shipped to worker processes: signed, versioned, verified before they compile.
+"""Notebook cells shipped to workers: signed, versioned, verified before they compile.
 
 A ``%%celery_task`` cell is stored in the result backend's Redis as a JSON record
-(``celerynb:cell:<version>``) signed with HMAC-SHA256 under the cluster's cell key; each
-message names its version in the ``celerynb_cell`` header. A worker that meets an unknown task
-name makes a stand-in task (:class:`CellTaskRegistry`) which, per message, fetches the
-version, verifies the signature with its own copy of the key, and only then compiles it.
-No key, a bad signature or a missing record: the task fails with the reason, nothing runs.
+(``celerynb:cell:<version>``) signed with HMAC-SHA256 under the cluster's cell key; the
+signature covers everything in it, the task name included. Each message names its version in
+the ``celerynb_cell`` header, and a worker runs exactly that version or refuses the message:
+
+* a cell registered in this kernel (:class:`VersionCheckedTask`) runs its own body when the
+  message names its version (no Redis round trip), an earlier version of this kernel from
+  memory, and anything else (another kernel's cell of the same name) as a worker process does;
+* a worker process meets an unknown task name with a stand-in (:class:`CellTaskRegistry`).
+
+Either way an unknown version is fetched, its signature verified with the worker's own copy
+of the key, its name checked against the message's, and only then compiled. No key, a bad
+signature, another name or a missing record: the task fails with the reason, nothing runs.
 Messages stay JSON; pickle is never involved.
 """
 
@@ -116,8 +123,27 @@ def store(app: Celery, record: dict[str, Any]) -> None:
 
 
 def fetch(app: Celery, version: str) -> dict[str, Any] | None:
+    """The stored record of ``version`` (None if absent); CellRefused if it is no cell record."""
     raw = _redis(app).get(record_key(version))
-    return json.loads(raw) if raw else None
+    return parse_record(raw, version) if raw else None
+
+
+_RECORD_TEXT_FIELDS = ("name", "function", "source", "version", "signature")
+
+
+def parse_record(raw: bytes | str, version: str) -> dict[str, Any]:
+    """A stored record, decoded and of the right shape (its signature is checked later)."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if (not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in _RECORD_TEXT_FIELDS)
+            or not isinstance(record.get("options", {}), dict)):
+        raise CellRefused(
+            f"the store holds no valid cell record for version {version} (not a JSON record with "
+            f"{', '.join(_RECORD_TEXT_FIELDS)}): run the cell again in its notebook to store it anew."
+        )
+    return record
 
 
 _shipped: set[tuple[str, str, str]] = set()
@@ -137,56 +163,132 @@ def ship(app: Celery, record: dict[str, Any]) -> None:
 
 # -- the worker side ---------------------------------------------------------------------------
 class _Compiled:
+    """One verified, compiled version, and the task object that runs it (one per app)."""
+
     def __init__(self, record: dict[str, Any], func: Any) -> None:
         self.record = record
         self.func = func
         self.options = record.get("options", {})
+        self._runners: dict[Celery, Task] = {}
+
+    def runner(self, app: Celery) -> Task:
+        """A task of ``app`` for this version alone (never put in the app's registry).
+
+        A bound cell gets it as ``self``: its options are this version's, and ``self.retry()``
+        re-sends this very version, whatever is registered under the name now.
+        """
+        runner = self._runners.get(app)
+        if runner is None:
+            bind = bool(self.options.get("bind"))
+            attrs: dict[str, Any] = {a: self.options[a] for a in _OPTION_ATTRS if a in self.options}
+            attrs.update(name=self.record["name"], run=self.func if bind else staticmethod(self.func),
+                         typing=False, _celerynb_record=self.record, __module__="notebook")
+            cls = type(self.record["function"], (app.Task,), attrs)
+            cls.bind(app)
+            runner = self._runners.setdefault(app, cls())
+        return runner
 
 
 _compiled: dict[str, _Compiled] = {}
 _compile_lock = threading.Lock()
 
 
-def load_version(app: Celery, version: str, hostname: str) -> _Compiled:
-    """Fetch, verify and compile one cell version (cached per process)."""
-    cached = _compiled.get(version)
-    if cached is not None:
-        return cached
-    with _compile_lock:
-        if version in _compiled:
-            return _compiled[version]
-        key = cell_key()
-        if not key:
-            raise CellRefused(
-                f"worker {hostname} holds no cell key, so it refuses to run notebook cells: start it "
-                f"with {KEY_ENV} (or {KEY_FILE_ENV}) set to the cluster's key, or via `celerynb up`."
-            )
-        record = fetch(app, version)
-        if record is None:
-            raise CellRefused(f"cell version {version} is not in the store (expired, or sent to another broker).")
-        if record.get("version") != version or not verify(record, key):
-            logger.error("refused cell %s (%s): signature does not verify", record.get("name"), version)
-            raise CellRefused(
-                f"worker {hostname} refused cell {record.get('name')!r}: its signature does not verify "
-                "(tampered record, or a different cluster key)."
-            )
-        namespace: dict[str, Any] = {"__name__": f"notebook_cell_{version[:8]}"}
-        started = time.perf_counter()
-        try:
-            exec(compile(record["source"], f"<notebook cell {record['name']}>", "exec"), namespace)
-        except ModuleNotFoundError as exc:
-            raise CellImportError(
-                f"cell task {record['name']!r} imports {exc.name!r}, which worker {hostname} cannot import: "
-                f"install it where that worker runs."
-            ) from None
-        func = namespace.get(record["function"])
-        if not callable(func):
-            raise CellRefused(f"cell {record['name']!r} does not define {record['function']!r}.")
-        compiled = _Compiled(record, func)
-        _compiled[version] = compiled
-        logger.info("loaded cell %s version %s in %.1f ms", record["name"], version[:8],
-                    (time.perf_counter() - started) * 1e3)
-        return compiled
+def load_version(app: Celery, version: str, hostname: str, name: str) -> _Compiled:
+    """Fetch, verify and compile one cell version (cached per process); only under its own ``name``."""
+    compiled = _compiled.get(version)
+    if compiled is None:
+        with _compile_lock:
+            compiled = _compiled.get(version) or _load(app, version, hostname)
+            _compiled[version] = compiled
+    if compiled.record["name"] != name:
+        logger.error("refused cell version %s under the name %s: it is %s", version, name, compiled.record["name"])
+        raise CellRefused(
+            f"worker {hostname} refused task {name!r}: its message names cell version {version[:12]}, which "
+            f"is the cell {compiled.record['name']!r} (a signed version runs only under its own name)."
+        )
+    return compiled
+
+
+def _load(app: Celery, version: str, hostname: str) -> _Compiled:
+    key = cell_key()
+    if not key:
+        raise CellRefused(
+            f"worker {hostname} holds no cell key, so it refuses to run notebook cells it did not define: "
+            f"start it with {KEY_ENV} (or {KEY_FILE_ENV}) set to the cluster's key, or via `celerynb up`."
+        )
+    record = fetch(app, version)
+    if record is None:
+        raise CellRefused(f"cell version {version} is not in the store (expired, or sent to another broker).")
+    if record["version"] != version or not verify(record, key):
+        logger.error("refused cell %s (%s): signature does not verify", record["name"], version)
+        raise CellRefused(
+            f"worker {hostname} refused cell {record['name']!r}: its signature does not verify "
+            "(tampered record, or a different cluster key)."
+        )
+    namespace: dict[str, Any] = {"__name__": f"notebook_cell_{version[:8]}"}
+    started = time.perf_counter()
+    try:
+        exec(compile(record["source"], f"<notebook cell {record['name']}>", "exec"), namespace)
+    except ModuleNotFoundError as exc:
+        raise CellImportError(
+            f"cell task {record['name']!r} imports {exc.name!r}, which worker {hostname} cannot import: "
+            f"install it where that worker runs."
+        ) from None
+    func = namespace.get(record["function"])
+    if not callable(func):
+        raise CellRefused(f"cell {record['name']!r} does not define {record['function']!r}.")
+    logger.info("loaded cell %s version %s in %.1f ms", record["name"], version[:8],
+                (time.perf_counter() - started) * 1e3)
+    return _Compiled(record, func)
+
+
+#: Versions defined in this process (a kernel's earlier definitions), by version: queued
+#: messages of an earlier version run it from memory, with no key and no Redis round trip.
+_defined_here: dict[str, Task] = {}
+
+
+def remember(task: Task) -> None:
+    """Record a cell task defined in this process, so its version keeps running after a redefinition."""
+    _defined_here[task._celerynb_record["version"]] = task
+
+
+def message_version(request: Any) -> str | None:
+    """The cell version a message names (None: a message that names none, e.g. ``send_task``)."""
+    return getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)
+
+
+def run_version(task: Task, version: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``version`` of the cell named ``task.name`` for the message ``task`` is executing."""
+    request = task.request
+    earlier = _defined_here.get(version)
+    if earlier is not None and earlier.name == task.name and earlier.app is task.app:
+        runner = earlier
+    else:
+        runner = load_version(task.app, version, request.hostname or "this worker", task.name).runner(task.app)
+    runner.push_request(**vars(request))  # a bound body reads self.request
+    try:
+        return runner.run(*args, **kwargs)
+    finally:
+        runner.pop_request()
+
+
+class VersionCheckedTask(Task):
+    """Base of the cell tasks a kernel registers: never runs its body for another version's message.
+
+    The common case, a message naming this very version, costs one attribute read; the
+    others go to :func:`run_version`.
+    """
+
+    _celerynb_record: dict[str, Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:  # ``task(...)`` in the notebook: Celery's own call
+            return super().__call__(*args, **kwargs)
+        version = message_version(request)
+        if version is None or version == self._celerynb_record["version"]:
+            return self.run(*args, **kwargs)  # what Celery's tracer calls for a plain task
+        return run_version(self, version, args, kwargs)
 
 
 class _CellTask(Task):
@@ -196,18 +298,13 @@ class _CellTask(Task):
     typing = False  # arguments are checked by the cell's own function
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        request = self.request
-        version = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)
-        hostname = request.hostname or "this worker"
+        version = message_version(self.request)
         if not version:
-            raise NotRegistered(f"task {self.name!r} is not registered on worker {hostname} (and is no notebook cell).")
-        compiled = load_version(self.app, version, hostname)
-        for attr in _OPTION_ATTRS:
-            if attr in compiled.options:
-                setattr(self, attr, compiled.options[attr])
-        if compiled.options.get("bind"):
-            return compiled.func(self, *args, **kwargs)
-        return compiled.func(*args, **kwargs)
+            raise NotRegistered(
+                f"task {self.name!r} is not registered on worker {self.request.hostname or 'this worker'} "
+                "(and is no notebook cell)."
+            )
+        return run_version(self, version, args, kwargs)
 
 
 class CellTaskRegistry(TaskRegistry):
