@@ -238,6 +238,8 @@ class TaskMonitor(FaultReactions):
             self._workers_of[snap.task_id] = who
             if before is not None and before != who and old.state != states.RETRY:
                 count += 1
+            elif snap.info.get("redelivered") and count == 0:  # the first run was not seen here
+                count = 1
         elif snap.ready:
             self._workers_of.pop(snap.task_id, None)
         if count != snap.redeliveries:

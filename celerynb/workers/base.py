@@ -7,6 +7,7 @@ the first submission without this package importing it: workers stay free of IPy
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,17 @@ class NotebookTask(Task):
             return super().apply_async(args, kwargs, *rest, **options)
         except EncodeError as exc:
             raise describe_encode_error(self, args, kwargs, exc) from None
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """Say in the STARTED state that this run is a redelivery (a worker died with the task).
+
+        Celery writes STARTED with the pid and hostname only; a display that did not see the
+        first run could not tell. Costs a write only for redelivered messages.
+        """
+        request = self.request
+        if (request.delivery_info or {}).get("redelivered") and self.track_started and not self.ignore_result:
+            self.backend.store_result(task_id, {"pid": os.getpid(), "hostname": request.hostname, "redelivered": True},
+                                      "STARTED", request=request)
 
 
 def describe_encode_error(task: Task, args: Any, kwargs: Any, exc: Exception) -> Exception:
