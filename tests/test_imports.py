@@ -41,7 +41,7 @@ def test_star_import_keeps_the_builtin_map_and_brings_the_exceptions():
         "names = ['ClusterError', 'ServerError', 'WorkerProcessError', 'BrokerUnreachable', 'AppNotFound',\n"
         "         'BulkSubmitError', 'ArgumentNotSerializable', 'BackendNotObservable', 'CellRefused',\n"
         "         'TaskCancelled', 'raise_if_cancelled']\n"
-        "missing = [n for n in names if n not in dir()]\n"
+        "missing = [n for n in names if n not in globals()]\n"
         "assert not missing, missing\n"
         "assert all(issubclass(globals()[n], Exception) for n in names if n != 'raise_if_cancelled')\n"
         "print('ok')\n"
