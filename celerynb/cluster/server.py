@@ -3,6 +3,9 @@
 It binds 127.0.0.1 on a free port with a random password, keeps nothing on disk unless asked
 (``persistent=True`` turns AOF on), runs in its own process session so that a kernel's
 process-group kill does not take it down mid-shutdown, and is stopped by PID.
+
+Its configuration, password included, goes through its stdin (``valkey-server -``): every local
+user can read a process's command line in ``/proc/PID/cmdline``.
 """
 
 from __future__ import annotations
@@ -112,23 +115,11 @@ class EmbeddedServer:
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="celerynb-valkey-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            binary,
-            "--bind", self.host, *self.extra_bind,
-            "--port", str(self.port),
-            "--requirepass", self.password,
-            "--protected-mode", "yes",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "server.log"),
-        ]
         start = subprocess.Popen if self.detached else spawn.popen
         try:
             self.process = start(
-                args,
-                stdin=subprocess.DEVNULL,
+                [binary, "-"],  # "-": the configuration comes on stdin, off the command line
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -136,8 +127,28 @@ class EmbeddedServer:
             )
         except OSError as exc:
             raise ServerError(f"The embedded server could not start: {exc}. {_EXTERNAL_HINT}") from None
+        try:
+            self.process.stdin.write(self._config_text().encode())
+            self.process.stdin.close()
+        except OSError:
+            pass  # it exited before reading: _wait_ready reports why
         self._wait_ready(timeout)
         return self
+
+    def _config_text(self) -> str:
+        """``valkey.conf`` lines; every value quoted, so that a path or password cannot add a directive."""
+        settings = [
+            ("bind", [self.host, *self.extra_bind]),
+            ("port", [str(self.port)]),
+            ("requirepass", [self.password]),
+            ("protected-mode", ["yes"]),
+            ("dir", [str(self.data_dir)]),
+            ("save", [""]),
+            ("appendonly", ["yes" if self.persistent else "no"]),
+            ("daemonize", ["no"]),
+            ("logfile", [str(self.data_dir / "server.log")]),
+        ]
+        return "".join(f"{key} {' '.join(_quote(v) for v in values)}\n" for key, values in settings)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -195,6 +206,12 @@ class EmbeddedServer:
         if self._own_dir and self.data_dir is not None and not self.persistent:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
+
+
+def _quote(value: str) -> str:
+    """A double-quoted string as valkey's config parser reads it (backslash escapes)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
 
 
 _shared: EmbeddedServer | None = None

@@ -1,0 +1,146 @@
+"""Lifecycle faults (issue 14): stale discovery files naming strangers, restarts that must keep
+what ``persistent`` promises, kernels killed with SIGKILL, and the server password on a command line.
+
+Real ``celerynb up`` processes, real kernels, real servers and real signals; every process a
+test starts is stopped by PID. The figures each test measures (seconds to clean up, messages
+kept) are printed with ``-s``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from celerynb import config
+from celerynb.cluster import server
+
+pytestmark = pytest.mark.reliability
+
+CELERYNB = [sys.executable, "-m", "celerynb"]
+CLEANUP_TARGET = 5.0  # seconds within which a dead owner's processes must be gone
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")}
+    return {**env, **extra}
+
+
+def run(cmd: list[str], timeout: float = 90, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**extra_env))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _tree(pid: int) -> set[int]:
+    try:
+        return {pid} | {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.fixture
+def no_cluster():
+    """Nothing is up before the test; whatever the test brought up is brought down after it."""
+    assert config.read_discovery() is None, "a cluster from another test is still up"
+    yield
+    if config.read_discovery() is not None:
+        run(CELERYNB + ["down"], timeout=60)
+
+
+# -- 4. the password never on a command line ------------------------------------------------------
+class CommandLineWatcher(threading.Thread):
+    """Reads the command line of every descendant of this process, as any local user could."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self.done.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    with open(f"/proc/{child.pid}/cmdline", "rb") as fh:
+                        self.seen.add(fh.read().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    continue
+            time.sleep(0.001)
+
+
+_PLUGIN_TEST = '''
+import os
+
+
+def test_records_the_password(celerynb_cluster):
+    with open(os.environ["PASSWORD_FILE"], "a") as fh:
+        fh.write(celerynb_cluster.server.password + "\\n")
+'''
+
+
+def _noauth_without_password(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(128).startswith(b"-NOAUTH")
+
+
+def test_no_server_we_start_has_the_password_on_its_command_line(no_cluster, tmp_path, monkeypatch):
+    argv_log = tmp_path / "argv.log"
+    wrapper = tmp_path / "valkey-server"  # records its arguments, then becomes the real server
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv_log}"\nexec "{server.valkey_executable()}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CELERYNB_SERVER_BINARY", str(wrapper))
+    passwords: list[str] = []
+    watcher = CommandLineWatcher()
+    watcher.start()
+    try:
+        for _ in range(15):  # embedded servers
+            srv = server.EmbeddedServer().start()
+            try:
+                passwords.append(srv.password)
+                assert _noauth_without_password(srv.port) and srv.ping()
+            finally:
+                srv.stop()
+
+        up = run(CELERYNB + ["up", "--detach"])  # `celerynb up`
+        assert up.returncode == 0, up.stderr
+        record = config.read_discovery()
+        passwords.append(record["url"].split(":")[2].split("@")[0])
+        assert _noauth_without_password(record["port"])
+        assert run(CELERYNB + ["down"], timeout=60).returncode == 0
+
+        (tmp_path / "test_user.py").write_text(_PLUGIN_TEST)  # the pytest plugin's server
+        password_file = tmp_path / "passwords.txt"
+        inner = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "celerynb.testing", "-p", "no:cacheprovider", "-q", "test_user.py"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180, env=_env(PASSWORD_FILE=str(password_file)),
+        )
+        assert inner.returncode == 0, inner.stdout[-2000:]
+        passwords += password_file.read_text().split()
+    finally:
+        watcher.done.set()
+        watcher.join(10)
+    invocations = argv_log.read_text().splitlines()
+    assert len(invocations) == 17 and len(passwords) == 17
+
+    def leaks(lines) -> int:  # counted, never shown: a failure message must not print a password
+        return sum(1 for line in lines if "requirepass" in line or any(pw in line for pw in passwords))
+
+    in_argv, in_proc = leaks(invocations), leaks(watcher.seen)
+    assert watcher.seen
+    assert (in_argv, in_proc) == (0, 0), (
+        f"a password was on the command line of {in_argv}/17 servers (their arguments) and in "
+        f"{in_proc} command line(s) read from /proc"
+    )
