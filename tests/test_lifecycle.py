@@ -8,18 +8,24 @@ kept) are printed with ``-s``.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
 import psutil
 import pytest
+from conftest import wait_for
 
 from celerynb import config
 from celerynb.cluster import server
+
+from _kernel import Kernel
 
 pytestmark = pytest.mark.reliability
 
@@ -57,6 +63,54 @@ def no_cluster():
     yield
     if config.read_discovery() is not None:
         run(CELERYNB + ["down"], timeout=60)
+
+
+# -- 3. a kernel killed with SIGKILL --------------------------------------------------------------
+_BUSY_CLUSTER = textwrap.dedent(
+    """
+    import json, os, time
+    import celerynb
+    from celerynb.workers import tasks
+    cluster = celerynb.current()
+    busy = tasks.long_process.delay([0], delay=120)  # no backend call while it sleeps
+    deadline = time.monotonic() + 60
+    while busy.state != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps({"state": busy.state, "server": cluster.server.pid, "worker": cluster.processes[0].pid,
+                      }))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkilled_kernel_stops_its_cluster_within_seconds(capsys):
+    kernel = Kernel()
+    popen = kernel.km.provisioner.process
+    try:
+        assert kernel.run("%load_ext celerynb").status == "ok"
+        started = kernel.run("%celery start --workers 0 --processes 1", timeout=120)
+        assert started.status == "ok", started.error
+        reply = kernel.run(_BUSY_CLUSTER, timeout=120)
+        assert reply.status == "ok", reply.error
+        info = json.loads(reply.stdout.strip().splitlines()[-1])
+        assert info["state"] == "STARTED"
+        ours = {info["server"]} | _tree(info["worker"])
+        assert len(ours) >= 3  # the server, the worker process and its prefork child (running the task)
+
+        start = time.monotonic()
+        os.kill(kernel.pid, signal.SIGKILL)  # what jupyter_client does when a polite shutdown times out
+        wait_for(lambda: all(_gone(pid) for pid in ours), timeout=CLEANUP_TARGET,
+                 message=f"the killed kernel's processes {sorted(ours)} to exit")
+        cleanup = time.monotonic() - start
+        assert popen.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        kernel.kc.stop_channels()
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+        kernel.km.cleanup_resources()
+    with capsys.disabled():
+        print(f"\n[lifecycle] SIGKILLed kernel: its {len(ours)} processes (one mid-task) gone in {cleanup:.2f} s")
 
 
 # -- 4. the password never on a command line ------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from celerynb import config
+from celerynb.cluster import spawn
 from celerynb.cluster.processes import WorkerProcess, WorkerProcessError
 from celerynb.cluster.server import EmbeddedServer, ServerError
 
@@ -158,8 +159,8 @@ def _start_beat(app_path: str, url: str, log_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
     cmd = [sys.executable, "-m", "celery", "-A", app_path, "beat", "--loglevel", "INFO",
            "--schedule", str(log_dir / "beat-schedule"), "--logfile", str(log_dir / "beat.log")]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return spawn.popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)  # dies with this process
 
 
 def _host() -> str:
