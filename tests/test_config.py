@@ -140,6 +140,32 @@ def test_remove_discovery_only_removes_its_own(runtime):
     config.remove_discovery()  # nothing there: no error
 
 
+@pytest.mark.reliability
+def test_sweep_removes_only_directories_of_owners_that_are_gone(runtime):
+    from celerynb.config import identity, scratch
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = scratch.scratch_root()
+    ticks = identity.start_ticks()
+    gone = root / f"logs-{dead.pid}-{ticks}-a"
+    reused = root / f"logs-{os.getpid()}-{int(ticks) + 1}-b"  # our PID, another start time: not us
+    live = scratch.make_scratch_dir("valkey")
+    held = root / f"valkey-{dead.pid}-{ticks}-c"  # owner gone, but a surviving child holds its lock
+    foreign = root / "something-else"
+    for path in (gone, reused, held, foreign):
+        path.mkdir()
+        (path / "server.log").write_text("x")
+    fd = scratch.lock_dir(held)
+    try:
+        removed = scratch.sweep()
+        assert sorted(removed) == sorted([gone, reused])
+        assert live.exists() and held.exists() and foreign.exists()
+    finally:
+        os.close(fd)
+    assert held in scratch.sweep()
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

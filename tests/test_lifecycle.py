@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,13 +18,19 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import psutil
 import pytest
 from conftest import wait_for
 
+import celerynb
 from celerynb import config
 from celerynb.cluster import server
+from celerynb.cluster.queues import queue_lengths
+from celerynb.config import scratch
+from celerynb.workers import tasks, urls
 
 from _kernel import Kernel
 
@@ -65,6 +72,114 @@ def no_cluster():
         run(CELERYNB + ["down"], timeout=60)
 
 
+# -- 2. persistence across the restarts a user can do -------------------------------------------
+def _count(app, queue: str) -> int:
+    return queue_lengths(app, [queue])[queue]
+
+
+@pytest.mark.slow
+def test_stop_then_start_persistent_keeps_every_queued_message(app, capsys):
+    server.stop_shared_server()  # a plain one left by an earlier test would (rightly) be refused
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
+    cluster = celerynb.start(persistent=True, workers=0)
+    data_dir = cluster.server.data_dir
+    try:
+        ids = [tasks.analyze_content.apply_async(("some words",), queue=queue).id for _ in range(100)]
+        assert _count(app, queue) == 100
+        celerynb.stop()
+        cluster = celerynb.start(persistent=True, workers=0)
+        kept = _count(app, queue)
+        assert kept == 100
+        cluster.add_worker(queues=[queue])
+        values = [app.AsyncResult(task_id).get(timeout=60) for task_id in ids]
+        assert all(v["words"] == 2 for v in values)
+        # one stable, private place, not a new temporary directory per start
+        assert cluster.server.data_dir == data_dir == config.persistent_data_dir("embedded")
+    finally:
+        celerynb.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    with capsys.disabled():
+        print(f"\n[lifecycle] stop() + start(persistent=True): {kept}/100 queued messages kept, "
+              f"{len(values)}/100 ran")
+
+
+def test_persistent_start_while_a_plain_server_runs_is_refused_and_changes_nothing(app):
+    server.stop_shared_server()
+    plain = server.shared_server()  # e.g. started on demand by a first task
+    try:
+        with pytest.raises(server.ServerError, match=r"without persistence: stop it first with celerynb\.stop\(\)"):
+            celerynb.start(persistent=True)
+        assert plain.running and server.shared_server(start=False) is plain and celerynb.current() is None
+    finally:
+        server.stop_shared_server()
+    cluster = celerynb.start()
+    with pytest.raises(celerynb.ClusterError, match=r"already running: stop it first"):
+        celerynb.start(persistent=True)
+    assert celerynb.current() is cluster and cluster.server.running and not cluster.server.persistent
+    assert celerynb.start() is cluster  # plain get-or-create is unchanged
+
+
+@pytest.mark.slow
+def test_down_then_up_persistent_keeps_every_queued_message(no_cluster, app, capsys):
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
+    data_dir = config.persistent_data_dir("up")
+    try:
+        assert run(CELERYNB + ["up", "--detach", "--persistent"]).returncode == 0
+        urls.forget(app)
+        urls.resolve_into(app)
+        for _ in range(20):
+            tasks.analyze_content.apply_async(("x",), queue=queue)
+        assert _count(app, queue) == 20
+        assert run(CELERYNB + ["down"], timeout=60).returncode == 0
+        assert run(CELERYNB + ["up", "--detach", "--persistent"]).returncode == 0
+        urls.forget(app)
+        urls.resolve_into(app)
+        kept = _count(app, queue)
+        assert kept == 20
+        assert (data_dir / "appendonlydir").is_dir()
+    finally:
+        urls.forget(app)
+        run(CELERYNB + ["down"], timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    with capsys.disabled():
+        print(f"\n[lifecycle] `celerynb down` + `up --persistent`: {kept}/20 queued messages kept")
+
+
+def test_non_persistent_servers_leave_no_data_dir(no_cluster, app):
+    srv = server.EmbeddedServer().start()
+    data_dir = srv.data_dir
+    assert data_dir.parent == scratch.scratch_root() and (data_dir / "server.log").exists()
+    srv.stop()
+    assert not data_dir.exists()
+
+    cluster = celerynb.start()
+    dirs = [cluster.server.data_dir, Path(cluster.log_dir)]
+    assert all(d.parent == scratch.scratch_root() for d in dirs)
+    celerynb.stop()
+    assert not any(d.exists() for d in dirs)
+
+    assert run(CELERYNB + ["up", "--detach"]).returncode == 0
+    record = config.read_discovery()
+    up_dirs = [p for p in scratch.scratch_root().iterdir() if f"-{record['up_pid']}-" in p.name]
+    assert len(up_dirs) == 2  # its log dir and its server's
+    assert run(CELERYNB + ["down"], timeout=60).returncode == 0
+    assert not any(d.exists() for d in up_dirs)
+    assert not (config.runtime_dir() / "celerynb-data" / "up").exists()
+
+
+def test_second_persistent_server_on_one_data_dir_is_refused(tmp_path):
+    first = server.EmbeddedServer(persistent=True, data_dir=tmp_path / "data").start()
+    try:
+        with pytest.raises(server.ServerError, match="in use by another server") as info:
+            server.EmbeddedServer(persistent=True, data_dir=tmp_path / "data").start()
+        assert str(tmp_path / "data") in str(info.value) and "persistent=True" in str(info.value)
+        assert first.ping()
+    finally:
+        first.stop()
+    again = server.EmbeddedServer(persistent=True, data_dir=tmp_path / "data").start()  # free again
+    again.stop()
+
+
 # -- 3. a kernel killed with SIGKILL --------------------------------------------------------------
 _BUSY_CLUSTER = textwrap.dedent(
     """
@@ -77,13 +192,13 @@ _BUSY_CLUSTER = textwrap.dedent(
     while busy.state != "STARTED" and time.monotonic() < deadline:
         time.sleep(0.05)
     print(json.dumps({"state": busy.state, "server": cluster.server.pid, "worker": cluster.processes[0].pid,
-                      }))
+                      "dirs": [str(cluster.server.data_dir), cluster.log_dir]}))
     """
 )
 
 
 @pytest.mark.slow
-def test_sigkilled_kernel_stops_its_cluster_within_seconds(capsys):
+def test_sigkilled_kernel_stops_its_cluster_within_seconds_and_its_files_are_swept(capsys):
     kernel = Kernel()
     popen = kernel.km.provisioner.process
     try:
@@ -96,6 +211,8 @@ def test_sigkilled_kernel_stops_its_cluster_within_seconds(capsys):
         assert info["state"] == "STARTED"
         ours = {info["server"]} | _tree(info["worker"])
         assert len(ours) >= 3  # the server, the worker process and its prefork child (running the task)
+        dirs = [Path(d) for d in info["dirs"]]
+        assert all(d.parent == scratch.scratch_root() and d.exists() for d in dirs)
 
         start = time.monotonic()
         os.kill(kernel.pid, signal.SIGKILL)  # what jupyter_client does when a polite shutdown times out
@@ -109,8 +226,18 @@ def test_sigkilled_kernel_stops_its_cluster_within_seconds(capsys):
             popen.kill()
             popen.wait()
         kernel.km.cleanup_resources()
+    assert all(d.exists() for d in dirs)  # a killed process cleans nothing: the next start does
+
+    live = server.EmbeddedServer().start()  # the next start sweeps the dead kernel's files...
+    try:
+        assert not any(d.exists() for d in dirs)
+        scratch.sweep()  # ...and never a live owner's
+        assert live.data_dir.exists()
+    finally:
+        live.stop()
     with capsys.disabled():
-        print(f"\n[lifecycle] SIGKILLed kernel: its {len(ours)} processes (one mid-task) gone in {cleanup:.2f} s")
+        print(f"\n[lifecycle] SIGKILLed kernel: its {len(ours)} processes (one mid-task) gone in {cleanup:.2f} s; "
+              f"{len(dirs)} temporary dirs swept by the next start")
 
 
 # -- 4. the password never on a command line ------------------------------------------------------

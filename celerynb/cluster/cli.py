@@ -22,6 +22,7 @@ from celerynb import config
 from celerynb.cluster import spawn
 from celerynb.cluster.processes import WorkerProcess, WorkerProcessError
 from celerynb.cluster.server import EmbeddedServer, ServerError
+from celerynb.config import scratch
 
 READY_TIMEOUT = 60.0
 
@@ -96,10 +97,10 @@ def _up_foreground(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    server = EmbeddedServer(port=args.port, persistent=args.persistent).start()
+    data_dir = config.persistent_data_dir("up") if args.persistent else None
+    server = EmbeddedServer(port=args.port, persistent=args.persistent, data_dir=data_dir).start()
     cell_key = secrets.token_hex(32)  # workers verify shipped notebook cells with it
-    log_dir = config.runtime_dir() / f"celerynb-up-{os.getpid()}"
-    log_dir.mkdir(exist_ok=True, mode=0o700)
+    log_dir = scratch.make_scratch_dir("up")
     record = {
         "url": server.url,
         "server_pid": server.pid,
