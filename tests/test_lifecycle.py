@@ -29,7 +29,7 @@ import celerynb
 from celerynb import config
 from celerynb.cluster import server
 from celerynb.cluster.queues import queue_lengths
-from celerynb.config import scratch
+from celerynb.config import discovery, scratch
 from celerynb.workers import tasks, urls
 
 from _kernel import Kernel
@@ -70,6 +70,121 @@ def no_cluster():
     yield
     if config.read_discovery() is not None:
         run(CELERYNB + ["down"], timeout=60)
+
+
+@pytest.fixture
+def strangers():
+    """Start unrelated processes on demand (``sleep``); all are killed by PID after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(count: int) -> list[subprocess.Popen]:
+        procs = [subprocess.Popen(["sleep", "600"]) for _ in range(count)]
+        started.extend(procs)
+        return procs
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+# -- 1. a stale discovery file whose PIDs now belong to strangers -------------------------------
+def _forge(record: dict, pids: list[int]) -> dict:
+    """The record as PID reuse leaves it: the same identities, but its PIDs now name ``pids``."""
+    old = discovery.record_pids(record)
+    assert len(old) == len(pids)
+    mapping = dict(zip(old, pids, strict=True))
+    forged = json.loads(json.dumps(record))
+    forged["up_pid"], forged["server_pid"] = mapping[record["up_pid"]], mapping[record["server_pid"]]
+    for worker in forged["workers"]:
+        worker["pid"] = mapping[worker["pid"]]
+    if record.get("beat_pid"):
+        forged["beat_pid"] = mapping[record["beat_pid"]]
+    forged["identities"] = {str(mapping[int(pid)]): ident for pid, ident in record["identities"].items()}
+    return forged
+
+
+@pytest.mark.slow
+def test_killed_up_leaves_a_stale_file_that_harms_no_stranger(no_cluster, strangers, capsys):
+    up = run(CELERYNB + ["up", "--detach", "--workers", "1", "--beat"])
+    assert up.returncode == 0, up.stderr
+    record = config.read_discovery()
+    ours = set().union(*(_tree(pid) for pid in discovery.record_pids(record)))
+    assert len(ours) >= 5  # up, server, worker + its prefork children, beat
+    log_dir = Path(record["log_dir"])
+    assert log_dir.parent == scratch.scratch_root()
+
+    # `celerynb up` dies without a word: its children must follow it.
+    start = time.monotonic()
+    os.kill(record["up_pid"], signal.SIGKILL)
+    wait_for(lambda: all(_gone(pid) for pid in ours), timeout=CLEANUP_TARGET, message=f"{sorted(ours)} to exit")
+    cleanup = time.monotonic() - start
+    assert config.discovery_path().exists() and log_dir.exists()  # nobody was left to remove them
+
+    # Its PIDs are reused by unrelated processes: every command must see the file as stale.
+    victims = strangers(len(discovery.record_pids(record)))
+    forged = _forge(record, [p.pid for p in victims])
+    outcomes = {}
+    for command in (["status"], ["down"]):
+        config.write_discovery(forged)
+        done = run(CELERYNB + command, timeout=60)
+        outcomes[command[0]] = done
+        assert "Traceback" not in done.stdout + done.stderr
+        assert f"removed a stale discovery file (its `celerynb up` (pid {forged['up_pid']}) is gone" in done.stdout
+        assert not config.discovery_path().exists()
+        assert all(p.poll() is None for p in victims), f"`celerynb {command[0]}` killed a stranger"
+    assert outcomes["status"].returncode == 1 and "No celerynb cluster is running" in outcomes["status"].stdout
+    assert outcomes["down"].returncode == 0
+
+    # A kernel's first task ignores the file (saying so once) and runs on its own embedded server.
+    config.write_discovery(forged)
+    kernel = Kernel()
+    try:
+        reply = kernel.run("from celerynb.workers import tasks\n"
+                           "print(tasks.analyze_content.delay('two words').get(timeout=60)['words'])", timeout=120)
+    finally:
+        kernel.shutdown()
+    assert reply.status == "ok" and reply.stdout.strip() == "2", reply.error or reply.stderr
+    assert reply.stderr.count("stale discovery file") == 1
+    assert all(p.poll() is None for p in victims)
+    assert not log_dir.exists()  # the kernel's start swept the dead cluster's temporary files
+
+    # `celerynb up` carries on.
+    config.write_discovery(forged)
+    again = run(CELERYNB + ["up", "--detach"])
+    assert again.returncode == 0, again.stderr
+    assert "removed a stale discovery file" in again.stdout
+    assert config.read_discovery()["up_pid"] != forged["up_pid"]
+    assert run(CELERYNB + ["down"], timeout=60).returncode == 0
+    assert all(p.poll() is None for p in victims)
+    with capsys.disabled():
+        print(f"\n[lifecycle] killed `celerynb up`: its {len(ours)} processes gone in {cleanup:.2f} s; "
+              f"strangers killed: 0/{len(victims)}")
+
+
+def test_up_refuses_while_another_holds_the_cluster_lock(no_cluster):
+    lock = discovery.hold_cluster_lock()
+    try:
+        done = run(CELERYNB + ["up"], timeout=60)
+    finally:
+        os.close(lock)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "another `celerynb up` is running or starting" in done.stderr
+    assert not config.discovery_path().exists()
+
+
+def test_status_of_a_running_cluster_whose_server_does_not_answer_is_one_line(no_cluster):
+    lock = discovery.hold_cluster_lock()  # this process plays a live `celerynb up`
+    try:
+        record = {"url": f"redis://:pw-never-shown@127.0.0.1:{server.free_port()}/0", "up_pid": os.getpid(),
+                  "server_pid": os.getpid(), "workers": []}
+        config.write_discovery(discovery.with_identities(record, os.getpid()))
+        done = run(CELERYNB + ["status"], timeout=60)
+    finally:
+        os.close(lock)
+        config.remove_discovery()
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
+    assert "queues: the server does not answer" in done.stdout and "pw-never-shown" not in done.stdout
 
 
 # -- 2. persistence across the restarts a user can do -------------------------------------------

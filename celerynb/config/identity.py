@@ -9,6 +9,7 @@ signalled or trusted unless the process still has it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,33 @@ def is_same_process(pid: int | None, identity: str | None) -> bool:
     """True only if ``pid`` runs and is the very process ``identity`` was recorded from."""
     return bool(identity) and process_identity(pid) == identity
 
+
+def signal_if_same(pid: int, identity: str | None, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is the process ``identity`` names; True if sent.
+
+    On Linux the check and the signal go through one pidfd, so that the PID cannot be reused
+    in between.
+    """
+    if not identity:
+        return False
+    pidfd = None
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            return False
+        except OSError:  # kernels older than 5.3
+            pidfd = None
+    try:
+        if not is_same_process(pid, identity):
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(int(pid), sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
