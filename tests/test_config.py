@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from celery import Celery
+from conftest import wait_for
 
 from celerynb import config
 from celerynb.cluster import server
@@ -32,6 +33,21 @@ def private_server():
     srv = server.EmbeddedServer().start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def live_up(runtime):
+    """This process plays a running `celerynb up`: it holds the cluster lock; returns a record writer."""
+    from celerynb.config import discovery
+
+    lock = discovery.hold_cluster_lock()
+
+    def write(**record):
+        record.setdefault("up_pid", os.getpid())
+        return config.write_discovery(discovery.with_identities(record, record["up_pid"]))
+
+    yield write
+    os.close(lock)
 
 
 def _fresh_app() -> Celery:
@@ -99,11 +115,11 @@ def test_nothing_configured_means_embedded(runtime):
     assert config.resolve() is None
 
 
-def test_discovery_file_is_private_atomic_and_found(runtime, monkeypatch):
+def test_discovery_file_is_private_atomic_and_found(runtime, monkeypatch, live_up):
     monkeypatch.setattr(os, "umask", os.umask)  # restored below whatever happens
     old = os.umask(0o000)  # the most permissive umask must not leak the password
     try:
-        path = config.write_discovery({"url": "redis://:pw@127.0.0.1:1/0", "server_pid": os.getpid(), "up_pid": 1})
+        path = live_up(url="redis://:pw@127.0.0.1:1/0", server_pid=os.getpid())
     finally:
         os.umask(old)
     assert path == runtime / config.DISCOVERY_FILENAME
@@ -138,6 +154,96 @@ def test_remove_discovery_only_removes_its_own(runtime):
     config.remove_discovery(expected_pid=111)
     assert not config.discovery_path().exists()
     config.remove_discovery()  # nothing there: no error
+
+
+@pytest.mark.reliability
+def test_stale_discovery_file_is_removed_with_one_warning(runtime, caplog):
+    from celerynb.config import discovery
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    identity = discovery.process_identity(dead.pid)
+    dead.wait()
+    record = {"url": "redis://:pw@127.0.0.1:1/0", "up_pid": dead.pid, "server_pid": dead.pid,
+              "identities": {str(dead.pid): identity}}
+    config.write_discovery(record)
+    assert discovery.discovery_state() == (discovery.STALE, record)
+    with caplog.at_level("WARNING", logger="celerynb"):
+        assert config.read_discovery() is None and config.read_discovery() is None
+    assert not config.discovery_path().exists()
+    assert [r.getMessage() for r in caplog.records].count(
+        f"celerynb: removed a stale discovery file (its `celerynb up` (pid {dead.pid}) is gone): "
+        f"{config.discovery_path()}") == 1
+    assert "pw" not in caplog.text
+
+
+@pytest.mark.reliability
+def test_discovery_is_running_only_with_the_lock_and_the_recorded_identity(runtime):
+    from celerynb.config import discovery
+
+    mine = discovery.with_identities({"url": "redis://h:1/0", "up_pid": os.getpid()}, os.getpid())
+    config.write_discovery(mine)
+    assert discovery.discovery_state()[0] == discovery.STALE  # nobody holds the lock: `up` is gone
+    lock = discovery.hold_cluster_lock()
+    try:
+        assert discovery.discovery_state()[0] == discovery.RUNNING
+        assert not discovery.remove_stale_discovery()  # a live `up` keeps its file
+        reused = dict(mine, identities={str(os.getpid()): "another-boot:1"})  # same PID, another process
+        config.write_discovery(reused)
+        assert discovery.discovery_state()[0] == discovery.STALE
+        with pytest.raises(discovery.ClusterLockHeld, match="another `celerynb up` is running"):
+            discovery.hold_cluster_lock(timeout=0.1)
+    finally:
+        os.close(lock)
+
+
+@pytest.mark.reliability
+def test_process_identity_tells_a_reused_pid_apart():
+    import signal
+
+    from celerynb.config import identity
+
+    me = identity.process_identity(os.getpid())
+    assert me and identity.is_same_process(os.getpid(), me)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        real = identity.process_identity(sleeper.pid)
+        assert real and real != me
+        assert not identity.signal_if_same(sleeper.pid, me, signal.SIGKILL)  # the PID names someone else
+        assert not identity.signal_if_same(sleeper.pid, None, signal.SIGKILL)
+        assert sleeper.poll() is None
+        assert identity.signal_if_same(sleeper.pid, real, signal.SIGKILL)
+        wait_for(lambda: identity.process_identity(sleeper.pid) is None, message="the sleeper to die")  # a zombie
+        sleeper.wait()
+        assert identity.process_identity(sleeper.pid) is None and not identity.is_same_process(sleeper.pid, real)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.reliability
+def test_sweep_removes_only_directories_of_owners_that_are_gone(runtime):
+    from celerynb.config import identity, scratch
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = scratch.scratch_root()
+    ticks = identity.start_ticks()
+    gone = root / f"logs-{dead.pid}-{ticks}-a"
+    reused = root / f"logs-{os.getpid()}-{int(ticks) + 1}-b"  # our PID, another start time: not us
+    live = scratch.make_scratch_dir("valkey")
+    held = root / f"valkey-{dead.pid}-{ticks}-c"  # owner gone, but a surviving child holds its lock
+    foreign = root / "something-else"
+    for path in (gone, reused, held, foreign):
+        path.mkdir()
+        (path / "server.log").write_text("x")
+    fd = scratch.lock_dir(held)
+    try:
+        removed = scratch.sweep()
+        assert sorted(removed) == sorted([gone, reused])
+        assert live.exists() and held.exists() and foreign.exists()
+    finally:
+        os.close(fd)
+    assert held in scratch.sweep()
 
 
 @pytest.mark.parametrize(
@@ -179,20 +285,20 @@ def test_connect_to_explicit_url_starts_no_embedded_server(runtime, private_serv
     assert done.stdout.strip() == "None"
 
 
-def test_app_resolves_from_discovery(runtime, private_server):
-    config.write_discovery({"url": private_server.url, "server_pid": private_server.pid, "up_pid": 1})
+def test_app_resolves_from_discovery(runtime, private_server, live_up):
+    live_up(url=private_server.url, server_pid=private_server.pid)
     app = _fresh_app()
     urls.resolve_into(app)
     assert urls.source_of(app) == "discovery" and app.conf.broker_url == private_server.url
 
 
-def test_forget_then_resolve_again_follows_a_changed_environment(runtime, monkeypatch, private_server):
+def test_forget_then_resolve_again_follows_a_changed_environment(runtime, monkeypatch, private_server, live_up):
     app = _fresh_app()
     monkeypatch.setenv("REDIS_URL", private_server.url)
     urls.resolve_into(app)
     assert urls.source_of(app) == "env"
     monkeypatch.delenv("REDIS_URL")
-    config.write_discovery({"url": private_server.url.replace("/0", "/1"), "server_pid": private_server.pid, "up_pid": 1})
+    live_up(url=private_server.url.replace("/0", "/1"), server_pid=private_server.pid)
     urls.resolve_into(app)  # already resolved: unchanged
     assert app.conf.broker_url == private_server.url
     urls.forget(app)

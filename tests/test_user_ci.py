@@ -119,6 +119,9 @@ def test_every_section_is_read_by_nbval():
     ("celery@fv-az123.internal: OK", "celery@HOST: OK"),
     ("{'server_pid': 4242, 'pid': 17}", "{'server_pid': PID, 'pid': PID}"),
     ("log:     /tmp/celerynb-logs-4zmvfdxf/workers.log", "log:     TEMP-DIR/workers.log"),
+    ("log:     /home/ann/.local/share/jupyter/runtime/celerynb-scratch/logs-4242-98765-ab_c1/workers.log",
+     "log:     TEMP-DIR/workers.log"),
+    ("<td>/tmp/celerynb-nbval-x1/celerynb-scratch/logs-77-5-q/workers.log</td>", "<td>TEMP-DIR/workers.log</td>"),
     ("<Thing at 0x7f00ab12>", "<Thing at 0xADDRESS>"),
     ("5 tasks: 100% |####| 5/5 done · SUCCESS 5", "5 tasks: 100% |####| 5/5 done · SUCCESS 5"),
 ])

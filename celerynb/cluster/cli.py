@@ -3,6 +3,11 @@
 ``celerynb up`` starts the embedded server (plus worker processes and beat if asked) and
 writes a user-only discovery file; kernels, scripts and ``celery -A celerynb.workers.celery_app
 worker`` then find it with no configuration, as Jupyter clients find kernels.
+
+It holds the runtime directory's cluster lock for its whole life, and its children die with it
+(even when it is killed). A file left by a cluster that is gone is stale: each command says so
+in one line, removes it and carries on; nothing is signalled unless it still is the very process
+the file recorded (a PID alone may have been reused by a stranger).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import time
 from pathlib import Path
 
 from celerynb import config
+from celerynb.cluster import spawn
 from celerynb.cluster.processes import WorkerProcess, WorkerProcessError
 from celerynb.cluster.server import EmbeddedServer, ServerError
+from celerynb.config import discovery, reachability, scratch
+from celerynb.config.identity import signal_if_same
 
 READY_TIMEOUT = 60.0
 
@@ -53,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- up ------------------------------------------------------------------------------------
 def _up(args: argparse.Namespace) -> int:
-    existing = config.read_discovery()
-    if existing is not None:
+    state, existing = discovery.discovery_state()
+    if state == discovery.STALE:
+        _say_stale("up", existing)
+    elif state == discovery.RUNNING:
         print(
             f"celerynb up: a cluster is already running ({config.mask_url(existing['url'])}, pid "
             f"{existing.get('up_pid')}). Stop it with `celerynb down`.",
@@ -92,14 +102,23 @@ def _up_detached(args: argparse.Namespace) -> int:
 
 
 def _up_foreground(args: argparse.Namespace) -> int:
+    lock = discovery.hold_cluster_lock()  # held until this process ends, however it ends
+    try:
+        return _run_cluster(args)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    server = EmbeddedServer(port=args.port, persistent=args.persistent).start()
+    data_dir = config.persistent_data_dir("up") if args.persistent else None
+    server = EmbeddedServer(port=args.port, persistent=args.persistent, data_dir=data_dir).start()
     cell_key = secrets.token_hex(32)  # workers verify shipped notebook cells with it
-    log_dir = config.runtime_dir() / f"celerynb-up-{os.getpid()}"
-    log_dir.mkdir(exist_ok=True, mode=0o700)
-    record = {
+    log_dir = scratch.make_scratch_dir("up")
+    record = discovery.with_identities({
         "url": server.url,
         "server_pid": server.pid,
         "up_pid": os.getpid(),
@@ -110,7 +129,7 @@ def _up_foreground(args: argparse.Namespace) -> int:
         "workers": [],
         "ready": False,
         "cell_key": cell_key,
-    }
+    }, os.getpid(), server.pid)
     config.write_discovery(record)
     workers: list[WorkerProcess] = []
     beat: subprocess.Popen | None = None
@@ -129,9 +148,11 @@ def _up_foreground(args: argparse.Namespace) -> int:
             workers.append(proc)
             proc.start(app)
             record["workers"].append({"name": proc.name, "pid": proc.pid, "log": proc.logfile})
+            discovery.with_identities(record, proc.pid)
         if args.beat:
             beat = _start_beat(args.app, server.url, log_dir)
             record["beat_pid"] = beat.pid
+            discovery.with_identities(record, beat.pid)
         record["ready"] = True
         config.write_discovery(record)
         print(f"celerynb up: {config.mask_url(server.url)} ready (pid {os.getpid()})", flush=True)
@@ -158,8 +179,8 @@ def _start_beat(app_path: str, url: str, log_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
     cmd = [sys.executable, "-m", "celery", "-A", app_path, "beat", "--loglevel", "INFO",
            "--schedule", str(log_dir / "beat-schedule"), "--logfile", str(log_dir / "beat.log")]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return spawn.popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)  # dies with this process
 
 
 def _host() -> str:
@@ -179,9 +200,17 @@ def _print_record(record: dict) -> None:
 
 
 # -- status / down ---------------------------------------------------------------------------
+def _say_stale(command: str, record: dict | None) -> None:
+    """One line: the discovery file named a cluster that is gone; removed (or, if racing, ignored)."""
+    action = "removed" if discovery.remove_stale_discovery() else "ignored"
+    print(f"celerynb {command}: {action} a stale discovery file ({discovery.stale_reason(record)}).")
+
+
 def _status(args: argparse.Namespace) -> int:
-    record = config.read_discovery()
-    if record is None:
+    state, record = discovery.discovery_state()
+    if state == discovery.STALE:
+        _say_stale("status", record)
+    if state != discovery.RUNNING:
         print("No celerynb cluster is running. Start one with `celerynb up --detach`.")
         return 1
     _print_record(record)
@@ -189,6 +218,11 @@ def _status(args: argparse.Namespace) -> int:
     from celerynb.workers.celery_app import app
     from celerynb.workers.urls import apply
 
+    try:
+        reachability.check(record["url"])  # one attempt: no retries, no traceback
+    except reachability.BrokerUnreachable as exc:
+        print(f"  queues: the server does not answer ({exc})")
+        return 1
     apply(app, record["url"], record["url"], "discovery")
     lengths = queue_lengths(app, sorted(q.name for q in app.amqp.queues.values()))
     print("  queues " + ", ".join(f"{name}: {n}" for name, n in lengths.items()))
@@ -196,29 +230,32 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    record = config.read_discovery()
-    if record is None:
+    state, record = discovery.discovery_state()
+    if state == discovery.ABSENT:
         print("No celerynb cluster is running.")
         return 0
-    up_pid, server_pid = record.get("up_pid"), record.get("server_pid")
-    _signal(up_pid, signal.SIGTERM)
+    if state == discovery.STALE:
+        leftovers = _kill_ours(record or {}, signal.SIGKILL)
+        _say_stale("down", record)
+        if leftovers:
+            print(f"celerynb down: stopped {leftovers} process(es) it had left running.")
+        return 0
+    up_pid, server_pid = record["up_pid"], record.get("server_pid")
+    _kill_ours(record, signal.SIGTERM, [up_pid])
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and (config.pid_alive(up_pid) or config.pid_alive(server_pid)):
+    while time.monotonic() < deadline and any(discovery.record_has(record, pid) for pid in (up_pid, server_pid)):
         time.sleep(0.05)
-    for pid in [w.get("pid") for w in record.get("workers", [])] + [record.get("beat_pid"), server_pid, up_pid]:
-        if config.pid_alive(pid):
-            _signal(pid, signal.SIGKILL)
-    config.remove_discovery()
+    _kill_ours(record, signal.SIGKILL)
+    config.remove_discovery(expected_pid=up_pid)
     print(f"celerynb down: stopped {config.mask_url(record['url'])}")
     return 0
 
 
-def _signal(pid: int | None, sig: int) -> None:
-    if pid:
-        try:
-            os.kill(int(pid), sig)
-        except ProcessLookupError:
-            pass
+def _kill_ours(record: dict, sig: int, pids: list[int] | None = None) -> int:
+    """Signal the record's processes that still are the ones it recorded; returns how many."""
+    identities = record.get("identities") or {}
+    targets = discovery.record_pids(record) if pids is None else pids
+    return sum(signal_if_same(pid, identities.get(str(pid)), sig) for pid in targets)
 
 
 if __name__ == "__main__":  # pragma: no cover

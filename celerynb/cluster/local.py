@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 from typing import Any
 
@@ -24,6 +23,7 @@ from celerynb.cluster.processes import WorkerProcess
 from celerynb.cluster.queues import queue_lengths
 from celerynb.cluster.worker_logs import WorkerLogFile
 from celerynb.cluster.worker_loss import WorkerLoss, recover
+from celerynb.config import scratch
 from celerynb.rendering import render
 from celerynb.workers import cells, urls
 
@@ -109,7 +109,9 @@ class LocalCluster:
                 # Worker processes of this cluster verify shipped cells with this key.
                 self._cell_key = secrets.token_hex(32)
                 cells.set_process_key(self._cell_key)
-            self.log_dir = tempfile.mkdtemp(prefix="celerynb-logs-")
+            # Under the runtime dir, named after this process: a later start sweeps it if we are killed.
+            scratch.sweep()
+            self.log_dir = str(scratch.make_scratch_dir("logs"))
             self._logs = WorkerLogFile(self.log_file).attach()
             self.running = True
             try:

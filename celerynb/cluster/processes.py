@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -86,7 +87,8 @@ class WorkerProcess:
         env["CELERY_BROKER_URL"] = self.broker_url
         env["CELERY_RESULT_BACKEND"] = self.result_backend
         env.setdefault("PYTHONUNBUFFERED", "1")
-        start = subprocess.Popen if self.detached else spawn.popen
+        # Not detached: SIGKILL when this process dies, even by SIGKILL (see spawn's docstring).
+        start = subprocess.Popen if self.detached else functools.partial(spawn.popen, death_signal=signal.SIGKILL)
         self.process = start(
             self.command(),
             env=env,

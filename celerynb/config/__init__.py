@@ -9,7 +9,9 @@ Order (first match wins):
 This package imports neither Celery nor IPython, so that everything can stand on it. Its
 submodules: :mod:`~celerynb.config.masking` (secrets out of what we show),
 :mod:`~celerynb.config.runtime` (the runtime directory), :mod:`~celerynb.config.discovery` (the
-file of a running ``celerynb up``) and :mod:`~celerynb.config.reachability` (does a URL answer).
+file of a running ``celerynb up``), :mod:`~celerynb.config.identity` (is a PID still the process
+we recorded), :mod:`~celerynb.config.scratch` (temporary directories swept once their owner is
+gone) and :mod:`~celerynb.config.reachability` (does a URL answer).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from celerynb.config.discovery import (
     write_discovery,
 )
 from celerynb.config.masking import mask_text, mask_url
-from celerynb.config.runtime import runtime_dir
+from celerynb.config.runtime import persistent_data_dir, runtime_dir
 
 __all__ = [
     "DISCOVERY_FILENAME", "Resolved", "default_wait_timeout", "discovery_path", "from_environment", "in_celery_command",
-    "mask_text", "mask_url", "noninteractive", "pid_alive", "read_discovery", "remove_discovery", "resolve",
-    "runtime_dir", "write_discovery",
+    "mask_text", "mask_url", "noninteractive", "persistent_data_dir", "pid_alive", "read_discovery",
+    "remove_discovery", "resolve", "runtime_dir", "write_discovery",
 ]
 
 @dataclass(frozen=True)

@@ -23,3 +23,19 @@ def runtime_dir() -> Path:
             path = Path.home() / ".local" / "share" / "jupyter" / "runtime"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+PERSISTENT_DIRNAME = "celerynb-data"
+
+
+def persistent_data_dir(name: str) -> Path:
+    """The one data directory of persistent servers called ``name`` (``embedded``, ``up``).
+
+    Stable, so that the next persistent start finds the messages the last one kept (a fresh
+    temporary directory per start would keep nothing), and private, since it holds every message.
+    """
+    root = runtime_dir() / PERSISTENT_DIRNAME
+    root.mkdir(mode=0o700, exist_ok=True)
+    path = root / name
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
