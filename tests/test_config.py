@@ -50,6 +50,15 @@ def _fresh_app() -> Celery:
         ("rediss://default:p%40ss@example.com:6380/0", "rediss://default:***@example.com:6380/0"),
         ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:***@127.0.0.1:5672//"),
         ("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        # Passwords pasted as they are: the userinfo ends at the last '@'.
+        ("redis://:p@ss@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:pa/ss?w#rd@h:6379/0", "redis://:***@h:6379/0"),
+        ("amqp://guest:a:b@c@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        # In the query string (redis-py), for a socket too; the username stays.
+        ("redis://h:6379/0?username=me&password=s3cret&db=2", "redis://h:6379/0?username=me&password=***&db=2"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+        ("redis://:pw@h/0?password=a@b", "redis://:***@h/0?password=***"),
+        ("redis://user@host:6379/0", "redis://user@host:6379/0"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("memory://", "memory://"),
         ("", ""),
@@ -65,6 +74,11 @@ def test_mask_text_masks_every_url_in_a_message():
     masked = config.mask_text(text)
     assert "aaa" not in masked and "bbb" not in masked
     assert "redis://:***@h:1/0" in masked and "amqp://u:***@h:5672//" in masked
+
+
+def test_mask_text_hides_a_password_with_spaces_when_told_the_url():
+    url = "redis://:two words@h:1/0"
+    assert "two words" not in config.mask_text(f"Cannot reach {url}: refused", url)
 
 
 def test_resolved_repr_masks_the_password():
