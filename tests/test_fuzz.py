@@ -229,3 +229,31 @@ def test_mask_text_hides_generated_passwords_inside_messages(password, form, mes
     masked = mask_text(message.format(url=url))
     assert password not in masked and as_written not in masked, masked
     assert _visible_place(template) in masked, masked
+
+
+@FUZZ
+@given(generated=PASSWORDS, where=st.integers(min_value=0), user=st.sampled_from(["", "default", "guest"]),
+       scheme=st.sampled_from(["redis", "amqp"]))
+def test_connect_errors_never_show_generated_passwords(generated, where, user, scheme):
+    """The real error of a real connect: a closed port, or a URL refused before any I/O.
+
+    A '§' somewhere in the password keeps it from being a word of the message itself.
+    """
+    from hypothesis import assume
+
+    from celerynb.cluster.server import free_port
+    from celerynb.config.reachability import BrokerUnreachable
+    from celerynb.config.validation import InvalidURL
+
+    where %= len(generated) + 1
+    password = generated[:where] + "\u00a7" + generated[where:]
+    port = free_port()
+    path = "/0" if scheme == "redis" else "//"
+    url = f"{scheme}://{user}:{password}@127.0.0.1:{port}{path}"
+    assume(password not in url.replace(password, "", 1))
+    before = celerynb.current()
+    with pytest.raises((BrokerUnreachable, InvalidURL)) as info:
+        celerynb.connect(url, workers=False)
+    message = str(info.value)
+    assert password not in message and "\n" not in message, message
+    assert celerynb.current() is before
