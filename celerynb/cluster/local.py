@@ -164,6 +164,7 @@ class LocalCluster:
             queues=queues or self.queues,
             hostname=f"kernel{os.getpid()}-{len(self.workers) + 1}@{_host()}",
             logfile=self.log_file,
+            make_current=self.app is apps.current_app(),
         )
         worker.start()
         self.workers.append(worker)
