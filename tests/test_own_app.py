@@ -275,3 +275,17 @@ def test_celerynbs_own_workers_leave_the_project_current(ip, shared_project):
     assert analyze_content.delay("two words").get(timeout=20)["words"] == 2
     assert celerynb.current().app is apps.celerynb_app()
     assert celery.current_app.main == "sharedproj"
+
+
+def test_status_asks_plain_workers_nothing_they_do_not_know(ip, project_worker):
+    """Issue 14: every status broadcast a command of celerynb's own; a project's plain worker logged
+    `pidbox command error: KeyError('celerynb_cells')` and was labelled "refuses cell tasks"."""
+    with capture_output():
+        ip.run_line_magic("celery", "use sharedproj")
+    text = repr(ip.run_line_magic("celery", "status"))
+    assert f"{project_worker['name']}@" in text, text  # it answered, so it has logged any error
+    log = project_worker["log"].read_text()
+    assert "KeyError" not in log and "pidbox command error" not in log, log[-2000:]
+    assert "plain Celery worker" in text and "refuses cell tasks" not in text
+    html = ip.run_line_magic("celery", "status")._repr_html_()
+    assert "plain Celery worker" in html

@@ -30,6 +30,13 @@ def _mode(app: Celery, cluster: Any) -> str:
             "explicit": "external", "app": "the app's own broker"}.get(source or "", "not started")
 
 
+def _cell_support(accepts: bool | None) -> str:
+    """How a worker process stands with cell tasks; None: a plain Celery worker, not celerynb's app."""
+    if accepts is None:
+        return "plain Celery worker: the app's own tasks, no cell tasks"
+    return "accepts cell tasks" if accepts else "refuses cell tasks: no cell key"
+
+
 class ClusterStatus:
     """A snapshot of the cluster taken when the object is made."""
 
@@ -41,7 +48,7 @@ class ClusterStatus:
         if self.status is None and urls.source_of(app):
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
-        self.remote: dict[str, bool] = {}
+        self.remote: dict[str, bool | None] = {}
         if ask_workers and urls.source_of(app) and not app.conf.task_always_eager and (
             urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
         ):
@@ -76,7 +83,7 @@ class ClusterStatus:
             ]
         if self.remote:
             lines.append("worker processes: " + ", ".join(
-                f"{name} ({'accepts cell tasks' if ok else 'refuses cell tasks: no cell key'})"
+                f"{name} ({_cell_support(ok)})"
                 for name, ok in sorted(self.remote.items())
             ))
         lines.append("notebook tasks: " + (", ".join(self.tasks) or "none"))
@@ -86,7 +93,7 @@ class ClusterStatus:
         s = self.status or {"running": False}
         card = cluster_card(s)
         remote = "".join(
-            f"<br>{escape(name)}: {'accepts cell tasks' if ok else 'refuses cell tasks (no cell key)'}"
+            f"<br>{escape(name)}: {_cell_support(ok)}"
             for name, ok in sorted(self.remote.items())
         )
         extra = (
