@@ -21,6 +21,7 @@ from celerynb.cluster.processes import WorkerProcessError
 from celerynb.cluster.server import ServerError
 from celerynb.cluster.session import restore, start, stop, use
 from celerynb.config.reachability import BrokerUnreachable
+from celerynb.config.validation import InvalidURL
 from celerynb.workers.base import ArgumentNotSerializable
 from celerynb.workers.cells import CellRefused
 from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
@@ -31,7 +32,7 @@ __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
     "progress", "TaskTable", "track", "raise_if_cancelled", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
-    "CellRefused", "ClusterError", "ServerError", "TaskCancelled", "WorkerProcessError",
+    "CellRefused", "ClusterError", "InvalidURL", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
 
 _LAZY = {

@@ -68,6 +68,28 @@ def eager_value(result: Any) -> Any:
     return result._result
 
 
+# -- Celery: which app is current ------------------------------------------------------------------
+
+
+def celery_current_apps() -> tuple[Celery | None, Celery | None]:
+    """This thread's current app and the process default, as they are (None where unset).
+
+    ``celery._state._tls.current_app`` / ``default_app`` (celery 5.7.0): the public
+    ``celery.current_app`` would create Celery's fallback app when neither is set.
+    """
+    from celery import _state
+
+    return _state._tls.current_app, _state.default_app
+
+
+def set_celery_current_apps(current: Celery | None, default: Celery | None) -> None:
+    """Put back what :func:`celery_current_apps` returned, None included (celery 5.7.0)."""
+    from celery import _state
+
+    _state._tls.current_app = current
+    _state.set_default_app(default)
+
+
 # -- Celery: an app moved to new URLs ------------------------------------------------------------
 
 

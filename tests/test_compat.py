@@ -82,6 +82,42 @@ def test_eager_results_expose_their_value_and_task_name():
     assert isinstance(_compat.eager_value(failed), ValueError)
 
 
+# -- which app is current ----------------------------------------------------------------------------
+
+
+def test_celery_current_apps_reads_this_threads_app_and_the_default_without_creating_one():
+    import celery
+
+    saved = _compat.celery_current_apps()
+    app = Celery(f"current-{uuid.uuid4().hex[:8]}", set_as_current=False)
+    try:
+        app.set_current()
+        current, default = _compat.celery_current_apps()
+        assert current is app and celery.current_app._get_current_object() is app
+        seen: list = []
+        thread = threading.Thread(target=lambda: seen.append(_compat.celery_current_apps()[0]))
+        thread.start()
+        thread.join()
+        assert seen == [None]  # another thread has no current app of its own
+    finally:
+        _compat.set_celery_current_apps(*saved)
+
+
+def test_set_celery_current_apps_puts_back_both_none_included():
+    import celery
+
+    saved = _compat.celery_current_apps()
+    app = Celery(f"default-{uuid.uuid4().hex[:8]}", set_as_current=False)
+    try:
+        _compat.set_celery_current_apps(None, app)
+        assert celery.current_app._get_current_object() is app  # no current: the default
+        _compat.set_celery_current_apps(app, None)
+        assert _compat.celery_current_apps() == (app, None)
+    finally:
+        _compat.set_celery_current_apps(*saved)
+    assert _compat.celery_current_apps() == saved
+
+
 # -- an app moved to new URLs -----------------------------------------------------------------------
 
 

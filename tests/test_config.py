@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -66,6 +67,15 @@ def _fresh_app() -> Celery:
         ("rediss://default:p%40ss@example.com:6380/0", "rediss://default:***@example.com:6380/0"),
         ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:***@127.0.0.1:5672//"),
         ("sentinel://:pw@h1:26379;sentinel://:pw@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        # Passwords pasted as they are: the userinfo ends at the last '@'.
+        ("redis://:p@ss@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:pa/ss?w#rd@h:6379/0", "redis://:***@h:6379/0"),
+        ("amqp://guest:a:b@c@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        # In the query string (redis-py), for a socket too; the username stays.
+        ("redis://h:6379/0?username=me&password=s3cret&db=2", "redis://h:6379/0?username=me&password=***&db=2"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+        ("redis://:pw@h/0?password=a@b", "redis://:***@h/0?password=***"),
+        ("redis://user@host:6379/0", "redis://user@host:6379/0"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("memory://", "memory://"),
         ("", ""),
@@ -81,6 +91,52 @@ def test_mask_text_masks_every_url_in_a_message():
     masked = config.mask_text(text)
     assert "aaa" not in masked and "bbb" not in masked
     assert "redis://:***@h:1/0" in masked and "amqp://u:***@h:5672//" in masked
+
+
+def test_mask_text_hides_a_password_with_spaces_when_told_the_url():
+    url = "redis://:two words@h:1/0"
+    assert "two words" not in config.mask_text(f"Cannot reach {url}: refused", url)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("", "No broker URL given"),
+        ("garbage", "'garbage' is not a broker URL: expected redis://HOST:6379/0"),
+        ("redis:/127.0.0.1:6379/13", "did you mean redis://127.0.0.1:6379/13?"),
+        ("http://x", "'http' is not a broker scheme"),
+        ("http://localhost:6379", "'http' is not a broker scheme"),
+        ("redis://:pa/ss@127.0.0.1:6379/0", "must be percent-encoded"),
+        ("redis://:pa ss@127.0.0.1:6379/0", "contains whitespace"),
+        ("amqp://guest:pa;ss@127.0.0.1:5672//", "(%3B)"),
+        ("redis://127.0.0.1:port/0", "is not a number"),
+        ("redis://127.0.0.1:6379/0?password=s3cret", "kombu reads no password from the query string"),
+        ("sqs://key:secret@", "needs the package"),
+    ],
+)
+def test_broker_urls_that_cannot_work_are_named_before_any_io(url, problem):
+    from celerynb.config.validation import InvalidURL, check_broker_url
+
+    with pytest.raises(InvalidURL, match=re.escape(problem)) as info:
+        check_broker_url(url)
+    assert "s3cret" not in str(info.value) and "pa/ss" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["redis://:p%40ss@127.0.0.1:6379/0", "amqp://guest:guest@127.0.0.1:5672//", "memory://",
+                                 "redis+socket:///run/redis.sock", "sentinel://:pw@h1:26379;sentinel://:pw@h2:26379"])
+def test_broker_urls_that_can_work_pass(url):
+    from celerynb.config.validation import check_broker_url
+
+    check_broker_url(url)
+
+
+def test_backend_urls_are_checked_against_celerys_backends():
+    from celerynb.config.validation import InvalidURL, check_backend_url
+
+    for good in ("redis://127.0.0.1:6379/0", "rpc://", "cache+memory://", "redis://h/0?password=ok-for-redis-py"):
+        check_backend_url(good)
+    with pytest.raises(InvalidURL, match="'http' is not a result backend scheme"):
+        check_backend_url("http://x")
 
 
 def test_resolved_repr_masks_the_password():

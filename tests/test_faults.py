@@ -137,6 +137,123 @@ def test_wrong_credentials_on_machine_rabbitmq_fail_fast(app):
     assert "amqp://guest:***@127.0.0.1:5672//" in str(info.value) and "not-the-password" not in str(info.value)
 
 
+# -- bad connect input: checked completely before anything is stopped ---------------------------
+#: What users typed (issue 14): each failed only after stopping the cluster, or took 15.6 s, or
+#: "succeeded" with a blank broker, or was accepted and failed at the next .delay().
+BAD_CONNECTS = ["http://x", "http://localhost:6379", "''", "garbage", "redis:/127.0.0.1:6379/13",
+                "redis://127.0.0.1:6379/13 --backend http://x"]
+_STATE = (  # the URLs as a digest: a failing assertion must not print the server's password
+    "import celerynb, hashlib\nfrom celerynb.workers.celery_app import app as _a\n"
+    "from celerynb.workers.tasks import analyze_content\n_c = celerynb.current()\n"
+    "print(hashlib.sha256(repr((_a.conf.broker_url, _a.conf.result_backend)).encode()).hexdigest(),"
+    " celerynb.config.mask_url(_a.conf.broker_url), _c.server.pid, [w.hostname for w in _c.workers])"
+)
+
+
+@pytest.mark.reliability
+@pytest.mark.slow
+def test_bad_connect_input_leaves_the_running_cluster_as_it_was():
+    """In a real kernel with a running cluster: one line, within seconds, the same cluster after."""
+    from _kernel import Kernel
+
+    kernel = Kernel()
+    private = server.EmbeddedServer().start()
+    try:
+        assert kernel.run("%load_ext celerynb\n%celery start").status == "ok"
+        before = kernel.run(_STATE).stdout
+        assert "redis://:" in before
+        timings = {}
+        for line in BAD_CONNECTS:
+            start = time.monotonic()
+            reply = kernel.run(f"%celery connect {line}")
+            timings[line] = time.monotonic() - start
+            assert reply.stderr.startswith("UsageError: %celery connect:"), (line, reply)
+            assert reply.stderr.strip().count("\n") == 0 and "Traceback" not in reply.stderr, (line, reply.stderr)
+            assert "Nothing was changed." in reply.stderr
+            assert timings[line] < FAST, (line, timings[line])
+            assert kernel.run(_STATE).stdout == before, line  # same URLs, same server, same workers
+            ran = kernel.run("analyze_content.delay('still here').get(timeout=20)['words']")
+            assert ran.text == "2", (line, ran)
+        print("\nseconds to reject:", {k: round(v, 3) for k, v in timings.items()})
+        # A good connect works afterwards, and so do stop and start.
+        good = kernel.run(f"%celery connect {private.url}")
+        assert good.status == "ok" and good.stderr == "", good
+        assert kernel.run("analyze_content.delay('on the new one').get(timeout=20)['words']").text == "4"
+        again = kernel.run("%celery stop\n%celery start\nanalyze_content.delay('a b c').get(timeout=20)['words']")
+        assert again.text == "3", again
+    finally:
+        kernel.run("%celery stop")
+        kernel.shutdown()
+        private.stop()
+
+
+@pytest.mark.reliability
+def test_bad_connect_in_the_api_names_the_problem_and_changes_nothing(cluster):
+    from celerynb.config.validation import InvalidURL
+
+    url, backend = cluster.app.conf.broker_url, cluster.app.conf.result_backend
+    for bad, kwargs in (("http://x", {}), ("", {}), (url, {"backend": "http://x"}), (url, {"pool": "prefork"})):
+        with pytest.raises((InvalidURL, ValueError)):
+            celerynb.connect(bad, **kwargs)
+        assert celerynb.current() is cluster and cluster.running
+        assert (cluster.app.conf.broker_url, cluster.app.conf.result_backend) == (url, backend)
+    assert tasks.analyze_content.delay("unchanged").get(timeout=20)["words"] == 1
+
+
+@pytest.mark.reliability
+def test_connect_to_a_server_that_never_answers_fails_within_seconds(cluster):
+    """A port that accepts connections and then says nothing (a hung server, a wrong service)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = cluster.app.conf.broker_url
+    try:
+        for silent in (f"redis://:pw@127.0.0.1:{port}/0", f"amqp://guest:pw@127.0.0.1:{port}//"):
+            start = time.monotonic()
+            with pytest.raises(connectivity.BrokerUnreachable, match="Cannot reach"):
+                celerynb.connect(silent)
+            assert time.monotonic() - start < FAST
+            assert celerynb.current() is cluster and cluster.app.conf.broker_url == url
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.reliability
+def test_connect_whose_workers_fail_puts_the_previous_cluster_back(cluster):
+    """Checks pass, then a worker process cannot start: the previous cluster runs again, on the
+    very same embedded server (same URL, same password)."""
+    from celery import Celery
+
+    private = server.EmbeddedServer().start()
+    url, before = cluster.app.conf.broker_url, (cluster.server.pid, cluster.options())
+    other = Celery("cannot-import", set_as_current=False)
+    other._celerynb_import_path = "celerynb_tests_no_such_module:app"  # its worker process exits at start
+    try:
+        with pytest.raises(celerynb.ClusterError, match="did not start .*the previous setup is back"):
+            celerynb.connect(private.url, app=other, processes=1)
+        now = celerynb.current()
+        assert now is not None and now.app is cluster.app
+        assert now.app.conf.broker_url == url, "another server or password"  # no secret in the report
+        assert (now.server.pid, now.options()) == before
+        assert tasks.analyze_content.delay("back again").get(timeout=20)["words"] == 2
+    finally:
+        private.stop()
+
+
 # -- the embedded server binary ----------------------------------------------------------------
 def test_missing_binary_on_first_task_names_the_fix():
     outcome = _submit_in_subprocess(CELERYNB_SERVER_BINARY="/nonexistent/valkey-server")

@@ -157,3 +157,103 @@ def test_waiting_on_an_unknown_id_times_out_clearly(cluster):
 
     with pytest.raises(TimeoutError, match="1 of 1 task"):
         asyncio.run(celerynb.wait(str(uuid.uuid4()), timeout=0.5))
+
+
+# -- secrets: every credential form redis-py and kombu accept, with generated passwords -------------
+def _printable(text: str) -> bool:
+    return text.isprintable()
+
+
+#: Any printable text, weighted towards what ends a URL part early: ``@ / : ? # % & ;`` and space.
+PASSWORDS = st.text(
+    alphabet=st.sampled_from("@/:?#%&;= +[]'\"\\") | st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
+    min_size=4, max_size=24,
+).filter(_printable)
+URL_FORMS = [  # (template, how the password is written into it)
+    ("redis://:{pw}@cache.example:6379/0", "raw"),
+    ("redis://default:{pw}@cache.example:6379/0", "raw"),
+    ("rediss://default:{pw}@cache.example:6380/0?ssl_cert_reqs=required", "raw"),
+    ("amqp://guest:{pw}@rabbit.example:5672//", "raw"),
+    ("sentinel://:{pw}@cache.example:26379;sentinel://:{pw}@cache2.example:26379", "raw"),
+    ("redis://:{pw}@cache.example:6379/0", "escaped"),
+    ("amqp://guest:{pw}@rabbit.example:5672/vhost", "escaped"),
+    ("redis://cache.example:6379/0?username=me&password={pw}", "escaped"),
+    ("redis://cache.example:6379/0?password={pw}&db=2", "escaped"),
+    ("unix:///run/redis/redis.sock?db=2&password={pw}", "raw"),
+    ("redis+socket:///run/redis/redis.sock?password={pw}", "escaped"),
+]
+
+
+def _url(template: str, written: str, password: str) -> tuple[str, str]:
+    from urllib.parse import quote
+
+    text = quote(password, safe="") if written == "escaped" else password
+    return template.format(pw=text), text
+
+
+def _visible_place(template: str) -> str:
+    return "/run/redis/redis.sock" if "sock" in template else template.split("@")[-1].split("/")[0].split("?")[0]
+
+
+@FUZZ
+@given(password=PASSWORDS, form=st.sampled_from(URL_FORMS))
+def test_mask_url_hides_generated_passwords_in_every_form(password, form):
+    from hypothesis import assume
+
+    from celerynb.config import mask_url
+
+    template, written = form
+    url, as_written = _url(template, written, password)
+    rest = template.replace("{pw}", "")
+    assume(password not in rest and as_written not in rest)
+    masked = mask_url(url)
+    assert password not in masked and as_written not in masked, masked
+    assert _visible_place(template) in masked, masked  # where it points stays readable
+
+
+@FUZZ
+@given(password=PASSWORDS.filter(lambda p: not any(c.isspace() for c in p)), form=st.sampled_from(URL_FORMS),
+       message=st.sampled_from(["Error 111 connecting to {url}. Connection refused.", "Cannot reach '{url}': timed out",
+                                "consumer: Cannot connect to {url}: [Errno 104] reset.\nTrying again in 2 s...",
+                                "(url={url}, retries=0)"]))
+def test_mask_text_hides_generated_passwords_inside_messages(password, form, message):
+    """In a text a URL ends at whitespace: passwords with raw whitespace are the next test's."""
+    from hypothesis import assume
+
+    from celerynb.config import mask_text
+
+    template, written = form
+    url, as_written = _url(template, written, password)
+    rest = message.replace("{url}", template.replace("{pw}", ""))
+    assume(password not in rest and as_written not in rest)
+    masked = mask_text(message.format(url=url))
+    assert password not in masked and as_written not in masked, masked
+    assert _visible_place(template) in masked, masked
+
+
+@FUZZ
+@given(generated=PASSWORDS, where=st.integers(min_value=0), user=st.sampled_from(["", "default", "guest"]),
+       scheme=st.sampled_from(["redis", "amqp"]))
+def test_connect_errors_never_show_generated_passwords(generated, where, user, scheme):
+    """The real error of a real connect: a closed port, or a URL refused before any I/O.
+
+    A '§' somewhere in the password keeps it from being a word of the message itself.
+    """
+    from hypothesis import assume
+
+    from celerynb.cluster.server import free_port
+    from celerynb.config.reachability import BrokerUnreachable
+    from celerynb.config.validation import InvalidURL
+
+    where %= len(generated) + 1
+    password = generated[:where] + "\u00a7" + generated[where:]
+    port = free_port()
+    path = "/0" if scheme == "redis" else "//"
+    url = f"{scheme}://{user}:{password}@127.0.0.1:{port}{path}"
+    assume(password not in url.replace(password, "", 1))
+    before = celerynb.current()
+    with pytest.raises((BrokerUnreachable, InvalidURL)) as info:
+        celerynb.connect(url, workers=False)
+    message = str(info.value)
+    assert password not in message and "\n" not in message, message
+    assert celerynb.current() is before

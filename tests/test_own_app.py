@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -126,3 +127,165 @@ def test_separate_celery_worker_serves_the_project(ip, tmp_path):
         os.environ.pop("CELERYNB_AUTOSTART", None)
         worker.terminate()
         worker.wait(30)
+
+
+# -- a Django-style project: @shared_task tasks follow Celery's current app ---------------------------
+@pytest.fixture(scope="module")
+def shared_project():
+    """A private embedded server as the project's own broker and backend, a queue of its own.
+
+    Set before ``sharedproj`` is first imported (it reads them at import), for this process and
+    for the kernels and ``celery worker`` processes the tests start.
+    """
+    import uuid
+
+    from celerynb.cluster import server
+
+    private = server.EmbeddedServer().start()
+    queue = f"sharedproj-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("SHAREDPROJ_BROKER", "SHAREDPROJ_BACKEND"):
+            mp.setenv(name, private.url)
+        mp.setenv("SHAREDPROJ_QUEUE", queue)
+        yield {"url": private.url, "queue": queue}
+    private.stop()
+
+
+@contextlib.contextmanager
+def _project_worker_process(log: Path, queue: str):
+    """The project's own `celery -A sharedproj worker`, a plain Celery worker (no celerynb in it),
+    configured by the SHAREDPROJ_* variables of this process; stopped by PID."""
+    from conftest import wait_for
+
+    env = dict(os.environ, PYTHONPATH=str(PROJECTS))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "sharedproj", "worker", "--pool", "solo", "--hostname", f"{queue}@%h",
+         "--without-mingle", "--without-gossip", "--loglevel", "INFO", "--logfile", str(log)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: log.exists() and " ready." in log.read_text(), timeout=60, message="the project's worker")
+        yield log
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+@pytest.fixture
+def project_worker(shared_project, tmp_path):
+    with _project_worker_process(tmp_path / "sharedproj-worker.log", shared_project["queue"]) as log:
+        yield {"log": log, "name": shared_project["queue"]}
+
+
+def _sixteen_shared_tasks_from_a_kernel(worker_log: Path) -> None:
+    """Issue 14: after `%celery use`, @shared_task tasks were sent by celerynb's app (0 of 16 reached
+    the project's worker, an in-kernel worker of celerynb's app served them instead)."""
+    from conftest import wait_for
+
+    from _kernel import Kernel
+
+    kernel = Kernel()
+    try:
+        kernel.run("import sharedproj\n%load_ext celerynb")
+        used = kernel.run("%celery use sharedproj\nimport celery\nfrom sharedproj.tasks import add\n"
+                          "print(celery.current_app.main, add.app.main)")
+        assert used.stdout.split() == ["sharedproj", "sharedproj"], used
+        sent = kernel.run("import celerynb\nrs = [add.delay(i, i) for i in range(16)]\n"
+                          "print([r.get(timeout=30) for r in rs] == [2 * i for i in range(16)], celerynb.current())")
+        assert sent.stdout.split() == ["True", "None"], sent  # all answered, and no in-kernel worker
+        wait_for(lambda: worker_log.read_text().count("succeeded in") == 16, timeout=30,
+                 message="16 tasks run by the project's worker")
+        table = kernel.run("import time\nt = celerynb.TaskTable()\ndeadline = time.monotonic() + 20\n"
+                           "while 'SUCCESS 16' not in repr(t) and time.monotonic() < deadline:\n    time.sleep(0.05)\n"
+                           "print(repr(t))\nt.close()")
+        assert "SUCCESS 16" in table.stdout, table
+    finally:
+        kernel.run("%celery stop")
+        kernel.shutdown()
+
+
+@pytest.mark.slow
+def test_shared_tasks_reach_the_projects_own_worker_after_use(shared_project, project_worker, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(PROJECTS))
+    _sixteen_shared_tasks_from_a_kernel(project_worker["log"])
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_shared_tasks_reach_the_projects_worker_on_rabbitmq_and_redis(rabbitmq_url, tmp_path, monkeypatch):
+    """The same with the project's production setup: RabbitMQ broker, Redis backend. Only our own
+    queue, exchange and key prefix are touched on those shared servers."""
+    import uuid
+
+    import redis
+    from conftest import reachable
+    from kombu import Connection
+
+    if not reachable("127.0.0.1", 6379):
+        pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
+    queue = f"sharedproj-{uuid.uuid4().hex[:8]}"
+    backend = "redis://127.0.0.1:6379/13"
+    for name, value in (("SHAREDPROJ_BROKER", rabbitmq_url), ("SHAREDPROJ_BACKEND", backend),
+                        ("SHAREDPROJ_QUEUE", queue), ("PYTHONPATH", str(PROJECTS))):
+        monkeypatch.setenv(name, value)
+    try:
+        with _project_worker_process(tmp_path / "worker.log", queue) as log:
+            _sixteen_shared_tasks_from_a_kernel(log)
+    finally:
+        client = redis.Redis.from_url(backend)
+        mine = list(client.scan_iter(f"{queue}:*"))
+        if mine:
+            client.delete(*mine)
+        client.close()
+        with Connection(rabbitmq_url) as conn:
+            channel = conn.channel()
+            channel.queue_delete(queue)
+            channel.exchange_delete(queue)
+
+
+def test_use_local_makes_the_project_current_and_restore_puts_back_what_was(ip, shared_project):
+    import celery
+    import sharedproj
+    from celery import Celery
+    from sharedproj.tasks import add
+
+    earlier = Celery("what-was-current", set_as_current=False)
+    earlier.set_current()
+    with capture_output():
+        ip.run_line_magic("celery", "use sharedproj --local")
+    assert celery.current_app.main == "sharedproj" and add.app is sharedproj.app
+    # In-kernel workers for the project start on the first task, and leave it current.
+    assert add.delay(2, 3).get(timeout=20) == 5
+    assert celerynb.current().app is sharedproj.app and celery.current_app.main == "sharedproj"
+    with capture_output():
+        ip.run_line_magic("celery", "use --restore")
+    assert celery.current_app._get_current_object() is earlier
+    assert sharedproj.app.conf.broker_url == shared_project["url"]
+
+
+def test_celerynbs_own_workers_leave_the_project_current(ip, shared_project):
+    """A celerynb task sent meanwhile starts celerynb's in-kernel workers: they must not make
+    celerynb's app current (the project's shared tasks would follow it)."""
+    import celery
+
+    from celerynb.workers.tasks import analyze_content
+
+    with capture_output():
+        ip.run_line_magic("celery", "use sharedproj")
+    assert analyze_content.delay("two words").get(timeout=20)["words"] == 2
+    assert celerynb.current().app is apps.celerynb_app()
+    assert celery.current_app.main == "sharedproj"
+
+
+def test_status_asks_plain_workers_nothing_they_do_not_know(ip, project_worker):
+    """Issue 14: every status broadcast a command of celerynb's own; a project's plain worker logged
+    `pidbox command error: KeyError('celerynb_cells')` and was labelled "refuses cell tasks"."""
+    with capture_output():
+        ip.run_line_magic("celery", "use sharedproj")
+    text = repr(ip.run_line_magic("celery", "status"))
+    assert f"{project_worker['name']}@" in text, text  # it answered, so it has logged any error
+    log = project_worker["log"].read_text()
+    assert "KeyError" not in log and "pidbox command error" not in log, log[-2000:]
+    assert "plain Celery worker" in text and "refuses cell tasks" not in text
+    html = ip.run_line_magic("celery", "status")._repr_html_()
+    assert "plain Celery worker" in html

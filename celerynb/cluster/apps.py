@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from celerynb import _compat
 from celerynb.cluster import server
 from celerynb.workers import urls
 
@@ -43,6 +44,16 @@ def set_current_app(app: Celery) -> None:
     _current = None if app is celerynb_app() else app
 
 
+def make_celery_current(app: Celery) -> None:
+    """Make ``app`` Celery's current and default app, in every thread.
+
+    ``@shared_task`` tasks (the Django layout) and ``celery.current_app`` look the app up at
+    call time: while a user's app is in use they must find it, not celerynb's own.
+    """
+    app.set_current()
+    app.set_default()
+
+
 def find(path: str) -> Celery:
     """``proj``, ``proj.celery`` or ``proj.celery:app``: the lookup rules of ``celery -A``."""
     from celery.app.utils import find_app
@@ -67,8 +78,12 @@ def import_path(app: Celery) -> str | None:
     return getattr(app, "_celerynb_import_path", None)
 
 
-def make_local(app: Celery) -> None:
-    """Point ``app`` at the embedded server, saving its own settings for :func:`pop_saved`."""
+def make_local(app: Celery, celery_current: tuple[Celery | None, Celery | None] | None = None) -> None:
+    """Point ``app`` at the embedded server, saving its own settings for :func:`put_back`.
+
+    ``celery_current``: Celery's current and default app before the switch (what
+    :func:`put_back` makes current again), default: as they are now.
+    """
     if id(app) not in _saved:
         app.conf.broker_url  # noqa: B018 - load the project's configuration before saving it
         _saved[id(app)] = (app, {
@@ -76,6 +91,7 @@ def make_local(app: Celery) -> None:
             "result_backend": app.conf.get("result_backend"),
             "source": urls.source_of(app),
             "env": {name: os.environ.get(name) for name in _ENV},
+            "celery_current": celery_current or _compat.celery_current_apps(),
         })
     embedded = server.shared_server()
     for name in _ENV:  # Celery lets these win over any setting: the project's must step aside
@@ -105,3 +121,5 @@ def put_back(app: Celery) -> None:
     urls.apply(app, saved["broker_url"], saved["result_backend"], saved["source"] or "app")
     if saved["source"] is None and app is celerynb_app():
         urls.forget(app)
+    if app in _compat.celery_current_apps():  # unless the user made another app current since
+        _compat.set_celery_current_apps(*saved["celery_current"])

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.utils.nodenames import anon_nodename
 from celery.worker import WorkController
 from celery.worker.consumer import Consumer
@@ -44,6 +46,25 @@ class _ThreadWorkController(WorkController):
         self.ready_event.set()
 
 
+class _AppThreadPool(ThreadTaskPool):
+    """Celery's threads pool, each of whose threads takes the worker's app as its current app.
+
+    Celery runs a task through ``trace_task_ret``, which finds it in ``current_app``; a pool
+    thread has none of its own and falls back to the default app. While a user's project is in
+    use that is the project, whose registry holds celerynb's shared tasks too, bound to the
+    project's result backend: results would land there.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.executor.shutdown(wait=False)  # made by the parent, no thread started yet
+        self.executor = ThreadPoolExecutor(max_workers=self.limit, initializer=self._adopt_app)
+
+    def _adopt_app(self) -> None:
+        if self.app is not None:
+            self.app.set_current()
+
+
 class InProcessWorker:
     """One Celery worker consuming in a daemon thread of this process."""
 
@@ -57,6 +78,7 @@ class InProcessWorker:
         hostname: str | None = None,
         logfile: str | None = None,
         loglevel: str = "INFO",
+        make_current: bool = True,
     ) -> None:
         if pool not in ("threads", "solo"):
             raise ValueError(f"In-process workers use the 'threads' or 'solo' pool, not {pool!r}.")
@@ -67,6 +89,7 @@ class InProcessWorker:
         self.hostname = hostname or anon_nodename(prefix="kernel")
         self.logfile = logfile
         self.loglevel = loglevel
+        self.make_current = make_current
         self.controller: _ThreadWorkController | None = None
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -81,9 +104,11 @@ class InProcessWorker:
     def start(self, timeout: float = 15.0) -> InProcessWorker:
         app = self.app
         app.finalize()
-        # Pool threads look the app up through current_app, which falls back to the default.
-        app.set_current()
-        app.set_default()
+        # The app in use becomes Celery's current one, as a worker does; a worker of another app
+        # must leave it (its shared tasks would follow). Its own threads take its app either way.
+        if self.make_current:
+            app.set_current()
+            app.set_default()
         # Each worker gets its own event loop. kombu keeps one process-wide by default, so two
         # workers would share it, and one ending late (a warm stop waiting on a task) would
         # close it under the next cluster's worker.
@@ -91,7 +116,7 @@ class InProcessWorker:
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
-            pool_cls=self.pool,
+            pool_cls=_AppThreadPool if self.pool == "threads" else self.pool,
             concurrency=self.concurrency,
             # Explicit names: the worker narrows the app's shared Queues to what it is given,
             # and a later worker started with None would inherit that narrowing.
@@ -124,6 +149,7 @@ class InProcessWorker:
         return self
 
     def _run(self) -> None:
+        self.app.set_current()  # this thread's current app: the consumer, and the solo pool's tasks
         try:
             self.controller.start()
         except BaseException as exc:  # noqa: BLE001 - reported through .error and start()

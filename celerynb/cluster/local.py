@@ -174,6 +174,7 @@ class LocalCluster:
             queues=queues or self.queues,
             hostname=f"kernel{os.getpid()}-{len(self.workers) + 1}@{_host()}",
             logfile=self.log_file,
+            make_current=self.app is apps.current_app(),
         )
         worker.start()
         self.workers.append(worker)
@@ -229,8 +230,12 @@ class LocalCluster:
         for worker in self.workers:
             worker.forget_task(name)
 
-    def stop(self, timeout: float = 5.0, *, _at_exit: bool = False) -> LocalCluster:
-        """Stop everything this cluster started; tasks still running after ``timeout`` are reported."""
+    def stop(self, timeout: float = 5.0, *, keep_server: bool = False, _at_exit: bool = False) -> LocalCluster:
+        """Stop everything this cluster started; tasks still running after ``timeout`` are reported.
+
+        ``keep_server``: leave the embedded server running (and the app pointed at it), for a
+        caller that may start a cluster on it again (``connect`` until its switch succeeded).
+        """
         global _current
         with lock:
             if self.beat is not None:
@@ -247,7 +252,9 @@ class LocalCluster:
             for proc in self.processes:
                 proc.stop(timeout)
             self.processes = []
-            if self.server is not None:
+            if self.server is not None and keep_server:
+                self.server = None
+            elif self.server is not None:
                 urls.detach_results(self.app)
                 server.stop_shared_server()
                 self.server = None
@@ -265,6 +272,11 @@ class LocalCluster:
             if _current is self:
                 _current = None
             return self
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments this cluster was made with: ``LocalCluster(app, **options)`` is its twin."""
+        return dict(workers=self.n_workers, pool=self.pool, concurrency=self.concurrency, queues=self.queues,
+                    processes=self.n_processes, beat=self.beat_enabled, persistent=self.persistent)
 
     def restart(self) -> LocalCluster:
         self.stop()

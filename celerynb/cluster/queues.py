@@ -31,11 +31,16 @@ def purge(app: Celery, queue: str | None = None) -> int:
             return 0
 
 
-def cell_support(app: Celery, timeout: float = 0.5) -> dict[str, bool]:
-    """Every worker that answers within ``timeout``: does it run shipped notebook cells?"""
-    replies = app.control.broadcast("celerynb_cells", reply=True, timeout=timeout)
-    support: dict[str, bool] = {}
-    for reply in replies or []:
-        for worker, answer in reply.items():
-            support[worker] = bool(isinstance(answer, dict) and answer.get("accepts_cells"))
+def cell_support(app: Celery, timeout: float = 0.5) -> dict[str, bool | None]:
+    """Every worker that answers within ``timeout``: does it run shipped notebook cells?
+
+    True or False (no cell key) for celerynb's workers, None for plain Celery workers. One
+    standard ``inspect stats``, which every worker answers: celerynb's add a ``celerynb``
+    field to it (:class:`~celerynb.workers.cells.CellSupportStep`).
+    """
+    replies = app.control.inspect(timeout=timeout).stats() or {}
+    support: dict[str, bool | None] = {}
+    for worker, stats in replies.items():
+        ours = stats.get("celerynb") if isinstance(stats, dict) else None
+        support[worker] = bool(ours.get("accepts_cells")) if isinstance(ours, dict) else None
     return support

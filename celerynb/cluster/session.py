@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from celerynb import config
+from celerynb import _compat, config
 from celerynb.cluster import apps
 from celerynb.cluster.local import ClusterError, LocalCluster, current, lock
 from celerynb.workers import base, urls
@@ -38,28 +38,34 @@ def stop() -> None:
 
 
 def use(app: Celery | str, *, local: bool = False) -> Celery:
-    """Make ``app`` (an app or an import path) the current one; ``local`` = embedded server.
+    """Make ``app`` (an app or an import path) the one in use; ``local`` = embedded server.
 
-    A running local cluster of another app is stopped first (its workers consume that app's
+    It becomes Celery's current app too, so that ``@shared_task`` tasks are sent by it. A
+    running local cluster of another app is stopped first (its workers consume that app's
     queues). Returns the app.
     """
     with apps.lock:
         if isinstance(app, str):
             app = apps.find(app)
+        # After the import (which made the project current, as `import proj` does) and before
+        # celerynb's own app may be created (which makes itself current).
+        before = _compat.celery_current_apps()
         running = current()
         if running is not None and running.app is not app:
             running.stop()
         apps.set_current_app(app)
         if local:
-            apps.make_local(app)
+            apps.make_local(app, celery_current=before)
             _register_exit_restore()
         elif app is not apps.celerynb_app() and urls.source_of(app) is None:
             urls.mark(app, "app")
+        apps.make_celery_current(app)
         return app
 
 
 def restore(app: Celery | None = None) -> Celery:
-    """Undo ``use(..., local=True)``: the project's own broker and backend again."""
+    """Undo ``use(..., local=True)``: the project's own broker and backend again, and Celery's
+    current app what it was before that ``use``."""
     with apps.lock:
         app = app or apps.current_app()
         if apps.saved_settings(app) is None:

@@ -6,12 +6,14 @@ Order (first match wins):
 2. the discovery file written by a running ``celerynb up``;
 3. nothing: the caller starts the embedded server on demand.
 
-This package imports neither Celery nor IPython, so that everything can stand on it. Its
-submodules: :mod:`~celerynb.config.masking` (secrets out of what we show),
-:mod:`~celerynb.config.runtime` (the runtime directory), :mod:`~celerynb.config.discovery` (the
-file of a running ``celerynb up``), :mod:`~celerynb.config.identity` (is a PID still the process
-we recorded), :mod:`~celerynb.config.scratch` (temporary directories swept once their owner is
-gone) and :mod:`~celerynb.config.reachability` (does a URL answer).
+This package imports neither Celery nor IPython at import time (a check imports kombu or Celery
+when it runs), so that everything can stand on it. Its submodules:
+:mod:`~celerynb.config.masking` (secrets out of what we show), :mod:`~celerynb.config.runtime`
+(the runtime directory), :mod:`~celerynb.config.discovery` (the file of a running ``celerynb
+up``), :mod:`~celerynb.config.identity` (is a PID still the process we recorded),
+:mod:`~celerynb.config.scratch` (temporary directories swept once their owner is gone),
+:mod:`~celerynb.config.validation` (can a URL work at all) and :mod:`~celerynb.config.reachability`
+(does it answer).
 """
 
 from __future__ import annotations

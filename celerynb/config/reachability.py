@@ -2,7 +2,8 @@
 
 redis-py's default retries plus Celery's own make a refused connection take ~20 s to surface;
 a single attempt with no retries answers in a fraction of a second, with a message that names
-the URL (password masked) and what to do.
+the URL (password masked) and what to do. Whether the URL makes sense at all (scheme, shape) is
+:mod:`celerynb.config.validation`'s question, asked first.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ class BrokerUnreachable(ConnectionError):
     """The broker or result backend at a URL did not answer."""
 
 
+_REDIS_SOCKET = ("redis+socket://", "socket://")
+
+
 def _hint(url: str) -> str:
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", "unix://") + _REDIS_SOCKET):
         return "Check that Redis runs there and the password is right, or unset it to use the embedded server."
     if url.startswith(("amqp://", "amqps://", "pyamqp://")):
         return "Check that RabbitMQ runs there and the credentials are right."
@@ -29,12 +33,14 @@ def check(url: str, timeout: float = 2.0) -> None:
     try:
         if url.startswith(("redis://", "rediss://", "unix://")):
             _check_redis(url, timeout)
+        elif url.startswith(_REDIS_SOCKET):  # kombu's and Celery's spelling of a unix socket
+            _check_redis("unix://" + url.partition("://")[2], timeout)
         elif url.startswith(("amqp://", "amqps://", "pyamqp://")):
             _check_amqp(url, timeout)
     except BrokerUnreachable:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
-        reason = mask_text(str(exc)).rstrip(".") or type(exc).__name__
+        reason = " ".join(mask_text(str(exc), url).split()).rstrip(".") or type(exc).__name__
         raise BrokerUnreachable(f"Cannot reach {mask_url(url)}: {reason}. {_hint(url)}") from None
 
 

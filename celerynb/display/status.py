@@ -33,6 +33,13 @@ def _mode(app: Celery, cluster: Any) -> str:
 SERVER_DIED = "server:  died, and its queued tasks with it: %celery restart starts a new one"
 
 
+def _cell_support(accepts: bool | None) -> str:
+    """How a worker process stands with cell tasks; None: a plain Celery worker, not celerynb's app."""
+    if accepts is None:
+        return "plain Celery worker: the app's own tasks, no cell tasks"
+    return "accepts cell tasks" if accepts else "refuses cell tasks: no cell key"
+
+
 class ClusterStatus:
     """A snapshot of the cluster taken when the object is made."""
 
@@ -44,7 +51,7 @@ class ClusterStatus:
         if self.status is None and urls.source_of(app):
             self.status = {"running": False, "broker": config.mask_url(app.conf.broker_url)}
         self.tasks = [t.name for t in notebook_tasks(app)]
-        self.remote: dict[str, bool] = {}
+        self.remote: dict[str, bool | None] = {}
         died = bool((self.status or {}).get("server_died"))
         if ask_workers and not died and urls.source_of(app) and not app.conf.task_always_eager and (
             urls.source_of(app) != "embedded" or (cluster is not None and cluster.processes)
@@ -82,7 +89,7 @@ class ClusterStatus:
             ]
         if self.remote:
             lines.append("worker processes: " + ", ".join(
-                f"{name} ({'accepts cell tasks' if ok else 'refuses cell tasks: no cell key'})"
+                f"{name} ({_cell_support(ok)})"
                 for name, ok in sorted(self.remote.items())
             ))
         lines.append("notebook tasks: " + (", ".join(self.tasks) or "none"))
@@ -90,7 +97,7 @@ class ClusterStatus:
 
     def _repr_html_(self) -> str:
         return render("cluster_status", status=self.status or {"running": False}, mode=self.mode,
-                      remote=sorted(self.remote.items()), tasks=self.tasks)
+                      remote=[(name, _cell_support(ok)) for name, ok in sorted(self.remote.items())], tasks=self.tasks)
 
 
 def _from_notebook(task: Any) -> bool:

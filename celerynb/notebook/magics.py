@@ -220,12 +220,15 @@ class CeleryMagics(Magics):
 
     def _cmd_connect(self, args: argparse.Namespace) -> ClusterStatus:
         from celerynb.cluster.connect import connect
-        from celerynb.config.reachability import BrokerUnreachable
 
         try:
             connect(args.url, backend=args.backend, workers=not args.no_workers, app=_current_app())
-        except BrokerUnreachable as exc:
+        except (ConnectionError, ValueError) as exc:  # BrokerUnreachable, InvalidURL: checked before any change
+            raise UsageError(f"%celery connect: {exc} Nothing was changed.") from None
+        except local.ClusterError as exc:
             raise UsageError(f"%celery connect: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - one line for the user, never a traceback
+            raise UsageError(f"%celery connect: {type(exc).__name__}: {config.mask_text(str(exc), args.url)}") from None
         return ClusterStatus(_current_app(), local.current())
 
     def _cmd_eager(self, args: argparse.Namespace) -> None:

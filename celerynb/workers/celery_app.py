@@ -16,7 +16,7 @@ app = Celery(
 )
 app._celerynb_managed = True  # its URLs are resolved by celerynb (see urls.py)
 cells.install(app)
-cells.register_control_command()
+cells.add_cell_support_step(app)
 app.config_from_object("celerynb.workers.settings")
 app.on_configure.connect(urls.on_configure, sender=app, weak=False)
 

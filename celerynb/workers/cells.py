@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery.app.registry import TaskRegistry
 from celery.exceptions import NotRegistered
 
@@ -341,10 +341,18 @@ def install(app: Celery) -> None:
     registry.app = app
 
 
-def register_control_command() -> None:
-    """``celerynb_cells``: lets ``%celery status`` ask each worker whether it runs cells."""
-    from celery.worker.control import inspect_command
+class CellSupportStep(bootsteps.StartStopStep):
+    """Adds ``celerynb`` to the worker's ``inspect stats`` reply: does it run shipped cells?
 
-    @inspect_command()
-    def celerynb_cells(state: Any) -> dict[str, Any]:
-        return {"accepts_cells": bool(cell_key()), "loaded_versions": len(_compiled)}
+    ``%celery status`` asks through ``stats``, which every Celery worker answers: a command of
+    our own would make a project's plain workers log ``KeyError`` on each status, and a second
+    round trip would be needed to ask only ours.
+    """
+
+    def info(self, consumer: Any) -> dict[str, Any]:
+        return {"celerynb": {"accepts_cells": bool(cell_key()), "loaded_versions": len(_compiled)}}
+
+
+def add_cell_support_step(app: Celery) -> None:
+    """Let ``app``'s workers say in ``inspect stats`` whether they run shipped cells."""
+    app.steps["consumer"].add(CellSupportStep)

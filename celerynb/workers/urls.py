@@ -72,7 +72,12 @@ def apply(app: Celery, broker_url: str, result_backend: str | None, source: str)
     """Point ``app`` at new URLs and drop every connection and backend made for the old ones."""
     if app.configured and app.conf.broker_url:
         detach_results(app)
-        _drop_pools(app.connection_for_write())
+        try:
+            old = app.connection_for_write()
+        except Exception:  # noqa: BLE001 - a URL kombu cannot even parse has no pools to drop
+            old = None
+        if old is not None:
+            _drop_pools(old)
     # Marked first: the first write can load the configuration, and its on_configure receiver
     # must then see the app as resolved, not start an embedded server of its own.
     app._celerynb_source = source
