@@ -7,6 +7,7 @@ environment are ours, and the session fails if any survives it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -98,19 +99,32 @@ def cluster(app):
     yield celerynb.start()
 
 
-@pytest.fixture
-def redis7_url():
-    """The machine's Redis 7 (a test-private database), skipped where unreachable."""
-    if not reachable("127.0.0.1", 6379):
-        pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
+@contextlib.contextmanager
+def own_keys_only(url: str):
+    """On a shared server, remove exactly the keys that appeared while the block ran: never a
+    FLUSHDB, which would take other people's data with ours."""
     import redis
 
-    url = REDIS_URL.format(db=11)
     client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    before = set(client.scan_iter(count=1000))
+    try:
+        yield client
+    finally:
+        created = set(client.scan_iter(count=1000)) - before
+        for start in range(0, len(created), 500):
+            client.delete(*list(created)[start:start + 500])
+        client.close()
+
+
+@pytest.fixture
+def redis7_url():
+    """The machine's Redis 7 (a database our tests use), skipped where unreachable; the keys a
+    test creates there are removed after it, and only those."""
+    if not reachable("127.0.0.1", 6379):
+        pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
+    url = REDIS_URL.format(db=11)
+    with own_keys_only(url):
+        yield url
 
 
 @pytest.fixture

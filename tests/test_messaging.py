@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 import redis as redis_sync
-from conftest import reachable
+from conftest import own_keys_only, reachable
 
 from celerynb.cluster.server import EmbeddedServer, free_port
 from celerynb.config import reachability as connectivity
@@ -57,11 +57,8 @@ def url(request, valkey):
         return
     if not reachable("127.0.0.1", 6379):
         pytest.skip("Redis 7 on 127.0.0.1:6379 is not reachable")
-    client = redis_sync.Redis.from_url(REDIS7_URL)
-    client.flushdb()
-    yield REDIS7_URL
-    client.flushdb()
-    client.close()
+    with own_keys_only(REDIS7_URL):
+        yield REDIS7_URL
 
 
 def unique(prefix: str) -> str:

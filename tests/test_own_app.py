@@ -70,20 +70,20 @@ def test_lookup_rules_of_celery_dash_a(ip):
 
 @pytest.mark.external
 def test_rabbitmq_broker_redis_backend_end_to_end(ip, rabbitmq_url, redis7_url):
-    """The project's own settings: RabbitMQ broker, Redis 7 backend (db 12, flushed after)."""
-    import redis
+    """The project's own settings: RabbitMQ broker, Redis 7 backend (db 12: only our keys removed after)."""
+    from conftest import own_keys_only
 
-    ip.run_line_magic("celery", "use proj")
-    ip.run_line_magic("celery", "start --workers 1")
-    from proj.tasks import add
+    with own_keys_only("redis://127.0.0.1:6379/12"):
+        ip.run_line_magic("celery", "use proj")
+        ip.run_line_magic("celery", "start --workers 1")
+        from proj.tasks import add
 
-    running = celerynb.current()
-    assert running.app.main == "proj" and running.broker_url.startswith("amqp://")
-    result = add.delay(20, 22)
-    assert celerynb.progress(result, wait=True, timeout=30) == 42
-    assert "guest:***@127.0.0.1:5672" in repr(ip.run_line_magic("celery", "status"))
-    celerynb.stop()
-    redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
+        running = celerynb.current()
+        assert running.app.main == "proj" and running.broker_url.startswith("amqp://")
+        result = add.delay(20, 22)
+        assert celerynb.progress(result, wait=True, timeout=30) == 42
+        assert "guest:***@127.0.0.1:5672" in repr(ip.run_line_magic("celery", "status"))
+        celerynb.stop()
 
 
 def test_app_without_result_backend_says_so(ip):
