@@ -42,11 +42,14 @@ def test_killed_server_is_one_line_status_still_works_and_restart_recovers(kerne
     assert "%celery restart" in str(sent.error)
     assert "Traceback" not in sent.stderr and "Retry limit" not in sent.stderr + str(sent.error)
     assert took < 2.0, f"the error took {took:.1f} s"
+    print(f"\nServerDied raised {took * 1000:.0f} ms after .delay() (kernel round trip included)")
 
     started = time.monotonic()
     status = kernel.run("%celery status")
     assert status.status == "ok", status
-    assert "died" in status.text and time.monotonic() - started < 5.0
+    status_took = time.monotonic() - started
+    assert "died" in status.text and status_took < 5.0
+    print(f"%celery status answered in {status_took * 1000:.0f} ms")
     assert "broken: its server died" in kernel.run("repr(celerynb.current())").text
 
     restarted = kernel.run("%celery restart")

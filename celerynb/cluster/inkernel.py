@@ -46,13 +46,14 @@ class _ThreadWorkController(WorkController):
         self.ready_event.set()
 
 
-class _AppThreadPool(ThreadTaskPool):
+class TaskPool(ThreadTaskPool):
     """Celery's threads pool, each of whose threads takes the worker's app as its current app.
 
     Celery runs a task through ``trace_task_ret``, which finds it in ``current_app``; a pool
     thread has none of its own and falls back to the default app. While a user's project is in
     use that is the project, whose registry holds celerynb's shared tasks too, bound to the
-    project's result backend: results would land there.
+    project's result backend: results would land there. Named like Celery's class, since
+    ``inspect stats`` shows the name to users as the pool's implementation.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -116,7 +117,7 @@ class InProcessWorker:
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
-            pool_cls=_AppThreadPool if self.pool == "threads" else self.pool,
+            pool_cls=TaskPool if self.pool == "threads" else self.pool,
             concurrency=self.concurrency,
             # Explicit names: the worker narrows the app's shared Queues to what it is given,
             # and a later worker started with None would inherit that narrowing.
