@@ -75,7 +75,7 @@ def test_widget_follows_long_process_to_success(cluster):
     assert bar.value == 100 and bar.bar_style == "success"
     assert name.value == "tasks.long_process" and detail.value == "SUCCESS"
     assert any(0 < v < 100 for v in seen), seen
-    assert disp.cancel_button.disabled
+    assert disp.cancel_button.disabled and disp.cancel_button.layout.display == "none"
     assert "celerynb-progress" in disp.box._dom_classes
     assert repr(disp) == "tasks.long_process: 100% |####################| SUCCESS"
     assert "celerynb-success" in disp.summary_html()

@@ -85,8 +85,9 @@ class WidgetProgress(ProgressDisplay):
             self._draw_many(views, group)
         percent = group.percent if group is not None else views[0].percent
         self.clock.value = self.clock_text(percent)
-        if self.finished:
+        if self.finished:  # nothing left to cancel: the button goes, the elapsed time stays
             self.cancel_button.disabled = True
+            self.cancel_button.layout.display = "none"
 
     def _draw_many(self, views: list[_views.TaskView], group: _views.GroupView) -> None:
         import ipywidgets as w
