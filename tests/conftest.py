@@ -92,6 +92,17 @@ def app():
 
 
 @pytest.fixture
+def kernel():
+    """A real Jupyter kernel (``tests/_kernel.py``), shut down after the test."""
+    from _kernel import Kernel
+
+    k = Kernel()
+    yield k
+    if k.km.is_alive():
+        k.shutdown()
+
+
+@pytest.fixture
 def cluster(app):
     """A running local cluster on the embedded server (threads pool)."""
     import celerynb

@@ -3,17 +3,6 @@
 from __future__ import annotations
 
 import psutil
-import pytest
-
-from _kernel import Kernel
-
-
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    yield k
-    if k.km.is_alive():
-        k.shutdown()
 
 
 def test_define_run_redefine_in_kernel(kernel):

@@ -14,17 +14,7 @@ import time
 import pytest
 from conftest import wait_for
 
-from _kernel import Kernel
-
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
-
-
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    yield k
-    if k.km.is_alive():
-        k.shutdown()
 
 
 def test_killed_server_is_one_line_status_still_works_and_restart_recovers(kernel):
