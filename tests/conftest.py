@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,25 @@ def our_processes() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return alive
+
+
+def no_broker_env(**extra: str) -> dict[str, str]:
+    """This session's environment (private runtime dir) with no broker configured, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")}
+    return {**env, **extra}
+
+
+def run_without_broker(cmd: list[str], timeout: float = 90, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run a command (``celerynb up``, ``celery ...``) in :func:`no_broker_env`; output captured."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=no_broker_env(**extra_env))
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):

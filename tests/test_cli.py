@@ -11,6 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import no_broker_env as _env
+from conftest import process_gone as _gone
+from conftest import run_without_broker as run
 from conftest import wait_for
 
 from celerynb import config
@@ -19,23 +22,6 @@ from celerynb.workers.urls import NO_BROKER
 CELERYNB = [sys.executable, "-m", "celerynb"]
 CONSOLE_SCRIPT = str(Path(sys.executable).with_name("celerynb"))
 CELERY = [sys.executable, "-m", "celery", "-A", "celerynb.workers.celery_app"]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This session's environment (private runtime dir) with no broker configured."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")}
-    return {**env, **extra}
-
-
-def run(cmd: list[str], timeout: float = 90, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**extra_env))
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _tree(pid: int) -> set[int]:

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import no_broker_env as _env
+from conftest import process_gone as _gone
+from conftest import run_without_broker as run
 from conftest import wait_for
 
 import celerynb
@@ -38,22 +41,6 @@ pytestmark = pytest.mark.reliability
 
 CELERYNB = [sys.executable, "-m", "celerynb"]
 CLEANUP_TARGET = 5.0  # seconds within which a dead owner's processes must be gone
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")}
-    return {**env, **extra}
-
-
-def run(cmd: list[str], timeout: float = 90, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**extra_env))
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _tree(pid: int) -> set[int]:
