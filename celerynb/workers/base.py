@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import EncodeError
 
-from celerynb.workers import cells
+from celerynb.workers import cells, started
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
@@ -25,7 +25,22 @@ class ArgumentNotSerializable(TypeError):
 
 
 class NotebookTask(Task):
-    """``celery.Task`` plus on-demand startup and errors that name the bad argument."""
+    """``celery.Task`` plus on-demand startup, errors that name the bad argument, and STARTED
+    written only for tasks that run long enough to be seen running (:mod:`.started`)."""
+
+    #: Celery's immediate STARTED write is replaced by :mod:`celerynb.workers.started`, which
+    #: follows ``task_track_started``; ``@app.task(track_started=True)`` restores Celery's own.
+    track_started = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with started.started_later(self):
+            return super().__call__(*args, **kwargs)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
+                     **kwargs: Any) -> None:
+        if task_id is None or task_id == self.request.id:
+            started.reporter.cancel(self.request.id)  # the task's own report replaces STARTED
+        super().update_state(task_id, state, meta, **kwargs)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         for hook in submit_hooks:
@@ -51,7 +66,7 @@ class NotebookTask(Task):
         first run could not tell. Costs a write only for redelivered messages.
         """
         request = self.request
-        if (request.delivery_info or {}).get("redelivered") and self.track_started and not self.ignore_result:
+        if (request.delivery_info or {}).get("redelivered") and started.reports_started(self):
             self.backend.store_result(task_id, {"pid": os.getpid(), "hostname": request.hostname, "redelivered": True},
                                       "STARTED", request=request)
 

@@ -32,6 +32,7 @@ from celery.app.registry import TaskRegistry
 from celery.exceptions import NotRegistered
 
 from celerynb import _compat, config
+from celerynb.workers import started
 
 logger = logging.getLogger("celerynb.cells")
 
@@ -286,9 +287,10 @@ class VersionCheckedTask(Task):
         if request.called_directly:  # ``task(...)`` in the notebook: Celery's own call
             return super().__call__(*args, **kwargs)
         version = message_version(request)
-        if version is None or version == self._celerynb_record["version"]:
-            return self.run(*args, **kwargs)  # what Celery's tracer calls for a plain task
-        return run_version(self, version, args, kwargs)
+        with started.started_later(self):
+            if version is None or version == self._celerynb_record["version"]:
+                return self.run(*args, **kwargs)  # what Celery's tracer calls for a plain task
+            return run_version(self, version, args, kwargs)
 
 
 class _CellTask(Task):
@@ -296,6 +298,7 @@ class _CellTask(Task):
 
     abstract = True
     typing = False  # arguments are checked by the cell's own function
+    track_started = False  # written later, as for every celerynb task (see celerynb.workers.started)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         version = message_version(self.request)
@@ -304,7 +307,8 @@ class _CellTask(Task):
                 f"task {self.name!r} is not registered on worker {self.request.hostname or 'this worker'} "
                 "(and is no notebook cell)."
             )
-        return run_version(self, version, args, kwargs)
+        with started.started_later(self):
+            return run_version(self, version, args, kwargs)
 
 
 class CellTaskRegistry(TaskRegistry):
