@@ -93,7 +93,7 @@ def test_finished_state_is_never_overwritten(monitor):
 def test_survives_pubsub_connection_kill(cluster, monitor):
     tid = str(uuid.uuid4())
     monitor.track([tid])
-    wait_for(lambda: monitor.mode == "redis" and monitor._subscribed, message="subscribed")
+    wait_for(lambda: monitor.mode == "redis" and monitor.listening(tid), message="subscribed")
     admin = redis.Redis.from_url(cluster.broker_url)
     admin.client_kill_filter(_type="pubsub")
     admin.close()
@@ -105,7 +105,7 @@ def test_survives_pubsub_connection_kill(cluster, monitor):
 def test_survives_server_restart(cluster, monitor):
     tid = str(uuid.uuid4())
     monitor.track([tid])
-    wait_for(lambda: tid in monitor._subscribed, message="subscribed")
+    wait_for(lambda: monitor.listening(tid), message="subscribed")
     reconnects = monitor.stats["reconnects"]
     cluster.server.stop()
     cluster.server.start()

@@ -25,25 +25,61 @@ class BulkSubmitError(ConnectionError):
 
 
 class BulkResult(GroupResult):
-    """A ``GroupResult`` that subscribes per task only if Celery's own waiting API is used.
+    """A ``GroupResult`` whose waiting goes through the shared monitor.
 
     Celery's ``GroupResult(id, results)`` SUBSCRIBEs to every task at construction (one round
-    trip each, as slow as the ``.delay()`` loop); the shared monitor already follows these
-    tasks, so ``progress``/``TaskTable``/``gather`` never need that. ``get()``, ``join_native``
-    and ``then`` register the tasks with Celery's backend on first use, as the constructor would.
+    trip each, as slow as the ``.delay()`` loop), and its ``join`` polls task by task; the shared
+    monitor already follows these tasks, so ``get()``/``join()``/``join_native()`` wait on it
+    (pushed states, one thread), with Celery's contract: values in order, the first failure
+    raised. ``iter_native`` and ``then`` register the tasks with Celery's backend on first use,
+    as the constructor would.
     """
 
     _registered = False
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
+            callback: Any = None, no_ack: bool = True, on_message: Any = None,
+            disable_sync_subtasks: bool = True, on_interval: Any = None) -> list[Any]:
+        return self.join(timeout=timeout, propagate=propagate, interval=interval, callback=callback,
+                         no_ack=no_ack, on_message=on_message, disable_sync_subtasks=disable_sync_subtasks,
+                         on_interval=on_interval)
+
+    def join(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
+             callback: Any = None, no_ack: bool = True, on_message: Any = None,
+             disable_sync_subtasks: bool = True, on_interval: Any = None, **kwargs: Any) -> list[Any]:
+        if not self._monitor_can_wait() or on_message is not None or on_interval is not None:
+            self._register()
+            return super().join(timeout=timeout, propagate=propagate, interval=interval, callback=callback,
+                                no_ack=no_ack, on_message=on_message, disable_sync_subtasks=disable_sync_subtasks,
+                                on_interval=on_interval, **kwargs)
+        if disable_sync_subtasks:
+            from celery.result import assert_will_not_block
+
+            assert_will_not_block()
+        from celerynb.tracking.awaiting import join
+
+        return join([r.id for r in self.results], self.app, timeout, propagate, callback)
+
+    join_native = join
+
+    def _monitor_can_wait(self) -> bool:
+        from celery.result import EagerResult
+
+        from celerynb.tracking.backend_source import BackendNotObservable, check_observable
+
+        if not self.results or self.app.conf.task_always_eager or any(isinstance(r, EagerResult) for r in self.results):
+            return False
+        try:
+            check_observable(self.app)
+        except BackendNotObservable:
+            return False  # e.g. rpc://: only Celery's own join can read it
+        return True
 
     def _register(self) -> None:
         if not self._registered:
             self._registered = True
             for result in self.results:
                 self._on_full.add(result)
-
-    def join_native(self, *args: Any, **kwargs: Any) -> Any:
-        self._register()
-        return super().join_native(*args, **kwargs)
 
     def iter_native(self, *args: Any, **kwargs: Any) -> Any:
         self._register()

@@ -125,7 +125,7 @@ async def gather(*results: Any, timeout: float | None = None, return_exceptions:
         for tid in futures:  # already finished before the listener existed
             snap = monitor.snapshot(tid)
             if snap.ready:
-                resolve(snap)
+                resolve(monitor.full_snapshot(tid) if snap.trimmed else snap)
         try:
             await asyncio.wait_for(asyncio.gather(*futures.values()), timeout)
         except TimeoutError:
@@ -154,3 +154,31 @@ async def wait(result: AsyncResult | str, timeout: float | None = None, *, propa
         raise TypeError("wait() takes one task: use gather(group_result) for a group.")
     (value,) = await gather(result, timeout=timeout, return_exceptions=not propagate, app=app)
     return value
+
+
+def join(ids: list[str], app: Celery, timeout: float | None = None, propagate: bool = True,
+         callback: Any = None) -> list[Any]:
+    """``GroupResult.join`` on the shared monitor: woken by pushed states, not Celery's polling.
+
+    Same contract as Celery's: values in order; with ``propagate``, the exception of the first
+    task (in order) that did not succeed is raised as soon as it is known.
+    """
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+    monitor = get_monitor(app)
+    try:
+        snapshots = monitor.wait(ids, timeout, until_failure=propagate)
+    except TimeoutError as exc:
+        raise CeleryTimeoutError(str(exc)) from None
+    values = []
+    for tid in ids:
+        snap = snapshots.get(tid)
+        if snap is None:
+            break  # after the failure that ends the wait
+        ok, value = outcome(monitor.full_snapshot(tid) if snap.trimmed else snap, app)
+        if not ok and propagate:
+            raise value
+        if callback is not None:
+            callback(tid, value)
+        values.append(value)
+    return values

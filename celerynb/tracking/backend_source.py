@@ -50,7 +50,7 @@ class BackendSource:
         # The monitor's connections are its own: the app's pools are never shared across threads.
         self.redis = redis.Redis(connection_pool=redis.ConnectionPool(**params))
         self.redis.ping()
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = self.redis.pubsub()  # confirmations are read and skipped by the caller
         self.prefix = self.backend.get_key_for_task("x")[:-1]
         self.mode = "redis"
 
@@ -87,13 +87,22 @@ class BackendSource:
         for start in range(0, len(task_ids), BATCH):
             self.pubsub.unsubscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
 
-    def get_message(self, timeout: float) -> tuple[str, bytes] | None:
+    def subscribe_all(self) -> None:
+        """One pattern subscription for every task's channel (a server private to this session)."""
+        pattern = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in self.prefix)
+        self.pubsub.psubscribe(pattern + b"*")
+
+    def get_message(self, timeout: float) -> tuple[str, bytes | None] | None:
+        """``(task id, payload)`` of a pushed state; ``("", None)`` for anything else read (a
+        subscription confirmation); None when nothing came within ``timeout``."""
         if not self.pubsub.subscribed:
             time.sleep(timeout)
             return None
         message = self.pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
+        if message is None:
             return None
+        if message.get("type") not in ("message", "pmessage"):
+            return "", None
         channel = message["channel"]
         if isinstance(channel, str):
             channel = channel.encode()

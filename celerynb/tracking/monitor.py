@@ -6,8 +6,13 @@ thousand tasks costs one thread and a handful of Redis commands, never a loop pe
 With a Redis result backend the thread holds its own pub/sub connection: Celery PUBLISHes the
 full result document on ``celery-task-meta-<id>`` for every state change (never PENDING, no
 replay), so the monitor subscribes first, then reads the keys once with MGET, then only listens.
-A low-rate reconcile (one MGET of every unfinished id) covers anything missed, and a lost
-connection is reopened, resubscribed and reconciled. Other backends are polled in batches.
+On celerynb's embedded server (private to this session) one pattern subscription covers every
+task; elsewhere each tracked id is subscribed, in batches. A low-rate reconcile (one MGET of a
+rotating slice of unfinished ids) covers anything missed, and a lost connection is reopened,
+resubscribed and reconciled in full. Other backends are polled in batches.
+
+Every update costs O(1): waiters and displays keep their own counts, and finished tasks are
+forgotten once nothing needs them (:mod:`celerynb.tracking.retention`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery, states
 
-from celerynb.tracking.backend_source import BATCH, BackendNotObservable, BackendSource, check_observable
+from celerynb.tracking.backend_source import BackendNotObservable, check_observable
 from celerynb.tracking.faults import FaultReactions
+from celerynb.tracking.loop import MonitorLoop
+from celerynb.tracking.retention import FinishedTasks
 from celerynb.tracking.snapshot import LOST, TaskSnapshot, task_name
 
 __all__ = ["BackendNotObservable", "TaskMonitor", "TaskSnapshot", "check_observable", "forget_monitors",
@@ -33,12 +41,10 @@ logger = logging.getLogger("celerynb.monitor")
 #: Seconds between reconcile sweeps (Redis) and between polls (other backends).
 RECONCILE_INTERVAL = 2.0
 POLL_INTERVAL = 0.5
-#: How long one pub/sub read may block; also the granularity of tickers.
-_LISTEN_TIMEOUT = 0.02
 
 Listener = Callable[["TaskSnapshot"], None]
 
-class TaskMonitor(FaultReactions):
+class TaskMonitor(MonitorLoop, FaultReactions):
     """Latest state of tracked tasks, kept fresh by one daemon thread.
 
     Use :func:`get_monitor` rather than building one: there is one per app per process.
@@ -77,7 +83,12 @@ class TaskMonitor(FaultReactions):
         self.connected = True
         self._server_run: tuple[str, str] | None = None  # (backend URL, server run id)
         self._workers_of: dict[str, tuple[Any, Any]] = {}
-        self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0}
+        self._finished = FinishedTasks()
+        self._sizes: dict[str, int] = {}  # stored size of finished tasks still pinned
+        self._waiting: Counter[str] = Counter()  # ids some wait() needs kept
+        self._pattern = False  # one pattern subscription covers every task (private server)
+        self._sweep_start = 0
+        self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0, "forgotten": 0}
 
     def __repr__(self) -> str:
         return f"<TaskMonitor app={self.app.main!r} tracked={len(self._snapshots)} unfinished={len(self._unfinished)}>"
@@ -110,7 +121,7 @@ class TaskMonitor(FaultReactions):
     def seed(self, snapshot: TaskSnapshot) -> None:
         """Record a state known without the backend (an eager result); fires listeners."""
         with self._lock:
-            self._snapshots.setdefault(snapshot.task_id, snapshot)
+            self._snapshots.setdefault(snapshot.task_id, TaskSnapshot(task_id=snapshot.task_id))
         self._apply(snapshot, None, force=True)
 
     def snapshot(self, task_id: str) -> TaskSnapshot:
@@ -120,6 +131,21 @@ class TaskMonitor(FaultReactions):
 
     def snapshots(self, task_ids: Iterable[str]) -> list[TaskSnapshot]:
         return [self.snapshot(tid) for tid in task_ids]
+
+    def full_snapshot(self, task_id: str) -> TaskSnapshot:
+        """Like :meth:`snapshot`, with the result read again from the backend if it was forgotten
+        or trimmed (see :mod:`celerynb.tracking.retention`): for results, not for redraws."""
+        snap = self._snapshots.get(str(task_id))
+        if snap is not None and not snap.trimmed:
+            return snap
+        meta = self.app.backend.get_task_meta(str(task_id))
+        if not meta or meta.get("status") == "PENDING":
+            return snap if snap is not None else TaskSnapshot(task_id=str(task_id), received_at=time.monotonic())
+        return TaskSnapshot.from_meta(str(task_id), meta)
+
+    def listening(self, task_id: str) -> bool:
+        """Whether a pushed state of ``task_id`` reaches this monitor now (subscribed)."""
+        return self._pattern or str(task_id) in self._subscribed
 
     def add_listener(self, callback: Listener, task_ids: Iterable[str] | None = None) -> Callable[[], None]:
         """Call ``callback(snapshot)`` from the monitor thread on every change of ``task_ids`` (all if None).
@@ -146,6 +172,7 @@ class TaskMonitor(FaultReactions):
                         tokens.discard(token)
                         if not tokens:
                             del self._by_task[tid]
+                            self._release(tid)
 
         return remove
 
@@ -162,24 +189,48 @@ class TaskMonitor(FaultReactions):
 
         return remove
 
-    def wait(self, task_ids: Iterable[str], timeout: float | None = None) -> dict[str, TaskSnapshot]:
+    def wait(self, task_ids: Iterable[str], timeout: float | None = None,
+             until_failure: bool = False) -> dict[str, TaskSnapshot]:
         """Block until every task is ready; returns their snapshots.
+
+        With ``until_failure``, return as soon as the first task (in order) that did not succeed
+        is ready, with the snapshots up to it: what ``GroupResult.join`` raises on.
 
         Raises:
             TimeoutError: some tasks were still unfinished after ``timeout`` seconds.
         """
         ids = [str(t) for t in task_ids]
-        self.track(ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            while True:
-                left = [tid for tid in ids if not self._snapshots[tid].ready]
-                if not left:
-                    return {tid: self._snapshots[tid] for tid in ids}
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(left)} of {len(ids)} task(s) still unfinished after {timeout} s.")
-                self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+        with self._lock:
+            self._waiting.update(ids)  # pinned: nothing is forgotten before this returns
+        try:
+            self.track(ids)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            found: dict[str, TaskSnapshot] = {}
+            position = 0  # ids before it are ready: each wake-up checks only what may have changed
+            with self._changed:
+                while True:
+                    while position < len(ids):
+                        snap = self._snapshots.get(ids[position])
+                        if snap is None or not snap.ready:
+                            break
+                        found[ids[position]] = snap
+                        position += 1
+                        if until_failure and snap.state != states.SUCCESS:
+                            return dict(found)
+                    if position == len(ids):
+                        return {tid: self._snapshots.get(tid, found[tid]) for tid in ids}
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        left = sum(1 for tid in ids[position:] if not self._snapshots[tid].ready)
+                        raise TimeoutError(f"{left} of {len(ids)} task(s) still unfinished after {timeout} s.")
+                    self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+        finally:
+            with self._lock:
+                self._waiting.subtract(ids)
+                for tid in ids:
+                    if self._waiting.get(tid, 1) <= 0:
+                        del self._waiting[tid]
+                        self._release(tid)
 
     def reconcile(self) -> None:
         """Ask the thread for a sweep now (after a reconnect it does one by itself)."""
@@ -208,25 +259,61 @@ class TaskMonitor(FaultReactions):
             if not force:
                 if payload is not None and self._payloads.get(tid) == payload:
                     return
-                # A late message must never turn a finished task back into a running one.
-                if old.ready and not snap.ready:
+                # A late message must never turn a finished task back into a running one, nor
+                # report its end twice.
+                if old.ready and (not snap.ready or old.state != LOST):
                     return
                 if payload is None and old.state == snap.state and old.info == snap.info:
                     return
             snap = self._count_redelivery(old, snap)
             self._snapshots[tid] = snap
-            self._payloads[tid] = payload
-            if snap.ready and tid in self._unfinished:
-                self._unfinished.discard(tid)
-                self._origin.pop(tid, None)
-                self._to_unsubscribe.add(tid)
-                self._changed.notify_all()
+            if not snap.ready:
+                self._payloads[tid] = payload
+            elif not old.ready:
+                self._finish(snap, len(payload) if payload else 0)
             callbacks = [self._listeners[t] for t in self._global | self._by_task.get(tid, set()) if t in self._listeners]
         for callback in callbacks:
             try:
                 callback(snap)
             except Exception:  # noqa: BLE001 - one broken display must not stop the others
                 logger.exception("celerynb monitor listener failed")
+
+    def _finish(self, snap: TaskSnapshot, size: int) -> None:
+        """Bookkeeping of a task that just ended (under the lock)."""
+        tid = snap.task_id
+        self._unfinished.discard(tid)
+        self._origin.pop(tid, None)
+        self._payloads.pop(tid, None)
+        self._workers_of.pop(tid, None)
+        if not self._pattern:
+            self._to_unsubscribe.add(tid)
+        pinned = self._pinned(tid)
+        if pinned:
+            self._sizes[tid] = size
+        kept = self._finished.finished(snap, size, pinned)
+        if kept is not snap:
+            self._snapshots[tid] = kept
+        self._finished.evict(self._pinned, self._forget)
+        self._changed.notify_all()
+
+    def _pinned(self, task_id: str) -> bool:
+        return task_id in self._by_task or task_id in self._waiting
+
+    def _release(self, task_id: str) -> None:
+        """Nothing pins ``task_id`` any more (under the lock): a finished task may be forgotten."""
+        snap = self._snapshots.get(task_id)
+        if snap is None or not snap.ready or task_id in self._unfinished or self._pinned(task_id):
+            return
+        kept = self._finished.released(snap, self._sizes.pop(task_id, 0))
+        if kept is not snap:
+            self._snapshots[task_id] = kept
+        self._finished.evict(self._pinned, self._forget)
+
+    def _forget(self, task_id: str) -> None:
+        self._snapshots.pop(task_id, None)
+        self._payloads.pop(task_id, None)
+        self._sizes.pop(task_id, None)
+        self.stats["forgotten"] += 1
 
     def _count_redelivery(self, old: TaskSnapshot, snap: TaskSnapshot) -> TaskSnapshot:
         """A second STARTED from another worker process (not after a RETRY) is a redelivery,
@@ -259,133 +346,6 @@ class TaskMonitor(FaultReactions):
                 entry[0]()
             except Exception:  # noqa: BLE001
                 logger.exception("celerynb monitor ticker failed")
-
-    # -- the thread ------------------------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"celerynb-monitor-{self.app.main}", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            try:
-                source = BackendSource.open(self.app)
-            except Exception as exc:  # noqa: BLE001 - the server may be restarting
-                logger.debug("celerynb monitor cannot connect: %s", exc)
-                self._set_connected(False)
-                with self._lock:
-                    if not self._unfinished and not self._tickers:
-                        self._thread = None  # the next track() starts a fresh thread
-                        return
-                self._idle(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self.mode = source.mode
-            self._set_connected(True)
-            try:
-                self._after_restart(source)
-                self._serve(source)
-                backoff = 0.1
-            except Exception as exc:  # noqa: BLE001 - connection lost: reconnect, resubscribe, reconcile
-                logger.debug("celerynb monitor lost its connection: %s", exc)
-                self.stats["reconnects"] += 1
-                self._set_connected(False)
-                self._idle(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                source.close()
-                with self._lock:
-                    self._to_subscribe |= self._unfinished
-                    self._to_unsubscribe.clear()
-                    self._subscribed.clear()
-
-    def _set_connected(self, value: bool) -> None:
-        if self.connected != value:
-            self.connected = value
-            self._wake_displays()
-
-    def _wake_displays(self) -> None:
-        """Run every ticker now (displays redraw their connection state)."""
-        with self._lock:
-            for entry in self._tickers.values():
-                entry[2] = 0.0
-
-    def _idle(self, seconds: float) -> None:
-        """Back off, but wake at once when someone tracks new tasks (the server may be back)."""
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self._run_tickers()
-            if self._wake.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
-                self._wake.clear()
-                return
-
-    def _serve(self, source: BackendSource) -> None:
-        url = self._url = source.url
-        self._moved = False
-        next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
-        self._reconcile_now = False
-        last_unsub = time.monotonic()
-        while not self._stop.is_set() and not self._moved:
-            with self._lock:
-                subscribe, self._to_subscribe = list(self._to_subscribe), set()
-                unsubscribe = []
-                # Unsubscribing is housekeeping: batch it (once a second or per 500 ids).
-                if len(self._to_unsubscribe) >= 500 or time.monotonic() - last_unsub >= 1.0:
-                    unsubscribe = [t for t in self._to_unsubscribe if t in self._subscribed]
-                    self._to_unsubscribe = set()
-                    last_unsub = time.monotonic()
-            if subscribe:
-                if source.mode == "redis":
-                    source.subscribe(subscribe)
-                    self._subscribed.update(subscribe)
-                self._read(source, subscribe)
-            if unsubscribe:
-                source.unsubscribe(unsubscribe)
-                self._subscribed.difference_update(unsubscribe)
-            now = time.monotonic()
-            if now >= next_sweep or self._reconcile_now:
-                self._reconcile_now = False
-                if self.app.conf.result_backend != url:
-                    return  # the app moved to another server: reconnect there
-                self._read(source, list(self._unfinished))
-                self._check_workers()
-                self.stats["reconciles"] += 1
-                next_sweep = now + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
-            if source.mode == "redis":
-                self._listen(source)
-            else:
-                self._wake.wait(min(_LISTEN_TIMEOUT * 5, max(0.0, next_sweep - time.monotonic())))
-                self._wake.clear()
-            self._run_tickers()
-
-    def _listen(self, source: BackendSource) -> None:
-        """Apply pushed messages until the socket is quiet (or 2,000 were read)."""
-        timeout = _LISTEN_TIMEOUT
-        for _ in range(2000):
-            if self._wake.is_set():
-                self._wake.clear()
-                timeout = 0.0
-            message = source.get_message(timeout)
-            if message is None:
-                return
-            timeout = 0.0
-            tid, payload = message
-            self.stats["messages"] += 1
-            self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
-
-    def _read(self, source: BackendSource, task_ids: list[str]) -> None:
-        for start in range(0, len(task_ids), BATCH):
-            chunk = task_ids[start:start + BATCH]
-            self.stats["mget_keys"] += len(chunk)
-            for tid, payload in zip(chunk, source.read(chunk), strict=True):
-                if payload is None or payload == self._payloads.get(tid):
-                    continue  # absent, or unchanged since the last read: nothing to decode
-                self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
-
 
 _monitors: dict[int, TaskMonitor] = {}
 _registry_lock = threading.Lock()

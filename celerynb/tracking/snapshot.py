@@ -46,6 +46,8 @@ class TaskSnapshot:
     received_at: float = 0.0
     traceback: str | None = None
     redeliveries: int = 0
+    #: The result was dropped from memory (see :mod:`celerynb.tracking.retention`): read it again.
+    trimmed: bool = False
 
     @property
     def ready(self) -> bool:
