@@ -15,6 +15,7 @@ from celery import Celery
 
 from celerynb import _compat
 from celerynb.display import _views
+from celerynb.display.tally import GroupTally
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import outcome
 from celerynb.tracking.monitor import get_monitor
@@ -24,8 +25,8 @@ from celerynb.tracking.snapshot import task_name
 FEW = 10
 #: Shown while the monitor cannot reach the result backend (it keeps retrying).
 DISCONNECTED = "disconnected from the server: retrying (states resume when it is back)"
-#: Minimum seconds between two redraws of one display.
-REDRAW_EVERY = 0.1
+#: Minimum seconds between two redraws of one display (a few per second).
+REDRAW_EVERY = 0.25
 
 
 def ipython() -> Any:
@@ -87,7 +88,12 @@ def cancel_tasks(app: Celery, task_ids: list[str]) -> None:
 
 
 class ProgressDisplay:
-    """Follows tasks through the shared monitor and redraws at most every ``REDRAW_EVERY`` s."""
+    """Follows tasks through the shared monitor and redraws at most every ``REDRAW_EVERY`` s.
+
+    A few tasks are drawn one bar each from their snapshots; many are counted by a
+    :class:`~celerynb.display.tally.GroupTally` as changes arrive, so neither an update nor
+    a redraw looks at every task.
+    """
 
     def __init__(self, task_ids: list[str], app: Celery | None = None) -> None:
         self.ids = list(dict.fromkeys(task_ids))
@@ -102,9 +108,16 @@ class ProgressDisplay:
         self._last_draw = 0.0
         self._last_clock = 0.0
         self._parent = current_parent()
+        self.tally = None if self.few else GroupTally(self.ids)
         self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
         self.monitor.track(self.ids)
+        if self.tally is not None:
+            with self._lock:  # states known before the listener: once, then only changes
+                for tid in self.ids:
+                    snap = self.monitor.snapshot(tid)
+                    if snap.state != "PENDING":
+                        self.tally.update(snap, task_name(tid, snap))
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -112,6 +125,10 @@ class ProgressDisplay:
         return len(self.ids) <= FEW
 
     def views(self) -> tuple[list[_views.TaskView], _views.GroupView | None]:
+        """Per-task views (a few tasks) and the aggregate (many: no per-task views)."""
+        if self.tally is not None:
+            with self._lock:
+                return [], self.tally.view()
         views = []
         for tid in self.ids:
             snap = self.monitor.snapshot(tid)
@@ -156,7 +173,10 @@ class ProgressDisplay:
         return self.text()
 
     # -- updates ---------------------------------------------------------------------------
-    def _on_change(self, _snapshot: Any) -> None:
+    def _on_change(self, snapshot: Any) -> None:
+        if self.tally is not None:
+            with self._lock:
+                self.tally.update(snapshot, task_name(snapshot.task_id, snapshot))
         self._dirty = True
         if time.monotonic() - self._last_draw >= REDRAW_EVERY:
             self.refresh()
@@ -173,7 +193,7 @@ class ProgressDisplay:
             self._dirty = False
             self._last_draw = self._last_clock = time.monotonic()
             views, group = self.views()
-            done = all(v.ready for v in views)
+            done = group.ready if self.tally is not None else all(v.ready for v in views)
             if done:
                 self.ended = time.monotonic()
                 self.finished = True
@@ -214,13 +234,18 @@ class ProgressDisplay:
         """Return values (a failed task's exception in its place); one value for one task."""
         values = []
         for tid in self.ids:
-            snap = self.monitor.snapshot(tid)
+            snap = self.monitor.full_snapshot(tid)
             values.append(outcome(snap, self.app)[1] if snap.ready else None)
         return values[0] if len(values) == 1 else values
 
     def cancel(self) -> None:
         """Cancel every unfinished task (see :func:`cancel_tasks` for what can be stopped)."""
-        cancel_tasks(self.app, [t for t in self.ids if not self.monitor.snapshot(t).ready])
+        if self.tally is not None:
+            with self._lock:
+                unfinished = self.tally.unfinished()
+        else:
+            unfinished = [t for t in self.ids if not self.monitor.snapshot(t).ready]
+        cancel_tasks(self.app, unfinished)
 
     def close(self) -> None:
         """Stop following the tasks (the display keeps its last state)."""

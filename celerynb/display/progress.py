@@ -82,17 +82,17 @@ class WidgetProgress(ProgressDisplay):
                 bar.bar_style = view.bar_style
                 detail.value = view.detail  # a Label: user text is never HTML
         elif group is not None:
-            self._draw_many(views, group)
+            self._draw_many(group)
         percent = group.percent if group is not None else views[0].percent
         self.clock.value = self.clock_text(percent)
         if self.finished:  # nothing left to cancel: the button goes, the elapsed time stays
             self.cancel_button.disabled = True
             self.cancel_button.layout.display = "none"
 
-    def _draw_many(self, views: list[_views.TaskView], group: _views.GroupView) -> None:
+    def _draw_many(self, group: _views.GroupView) -> None:
         import ipywidgets as w
 
-        running = [v for v in views if not v.ready and v.state != "PENDING"][:3]
+        running = self.tally.running() if self.tally is not None else []
         html = render("progress_details", failures=group.failures[:3], running=running)
         if not self.details.children:
             self.details.children = (w.HTML(),)

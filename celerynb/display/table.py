@@ -61,6 +61,7 @@ class TaskTable:
         self.monitor = get_monitor(app or found_app)
         self.app = self.monitor.app
         self.ids: list[str] = list(dict.fromkeys(ids))
+        self._shown: set[str] = set(self.ids)  # the ids of ``ids``, for O(1) membership
         self.limit = limit
         self._seen_count = 0
         self._started: dict[str, float] = {}
@@ -102,14 +103,22 @@ class TaskTable:
         new, self._seen_count = submitted.since(self._seen_count)
         if new:
             self.ids.extend(new)
+            self._shown.update(new)
             if len(self.ids) > submitted.maxlen:
-                del self.ids[: len(self.ids) - submitted.maxlen]
+                dropped = self.ids[: len(self.ids) - submitted.maxlen]
+                del self.ids[: len(dropped)]
+                self._shown.difference_update(dropped)
+                for tid in dropped:  # what the table remembers stays bounded too
+                    self._started.pop(tid, None)
+                    self._ended.pop(tid, None)
             # Only the newest ``limit`` tasks are rendered, so only they are followed: a
             # 5,000-task burst then costs the monitor a few hundred subscriptions, not 5,000.
             self.monitor.track(new[-self.limit:])
             self._dirty = True
 
     def _on_change(self, snap: TaskSnapshot) -> None:
+        if snap.task_id not in self._shown:
+            return  # a kernel-wide table hears every task: only its own are remembered
         now = time.time()
         if snap.state != "PENDING":
             self._started.setdefault(snap.task_id, now)
@@ -130,7 +139,7 @@ class TaskTable:
             ended = self._ended.get(tid)
             runtime = (ended or time.time()) - started if started and (ended or not snap.ready) else None
             if snap.state == "SUCCESS":
-                result = _short(snap.info)
+                result = "(large result: read it with .get())" if snap.trimmed else _short(snap.info)
             elif view.error:
                 result = _short(view.error)
             else:

@@ -147,6 +147,7 @@ class MonitorLoop:
         Subscription confirmations are skipped, not taken for "quiet": after subscribing to
         5,000 ids, the first state message must not wait for 5,000 loop turns."""
         timeout = LISTEN_TIMEOUT
+        self.stats["listens"] += 1
         for _ in range(2000):
             if self._wake.is_set():
                 self._wake.clear()

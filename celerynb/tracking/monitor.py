@@ -88,7 +88,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         self._waiting: Counter[str] = Counter()  # ids some wait() needs kept
         self._pattern = False  # one pattern subscription covers every task (private server)
         self._sweep_start = 0
-        self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0, "forgotten": 0}
+        self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0, "forgotten": 0, "listens": 0}
 
     def __repr__(self) -> str:
         return f"<TaskMonitor app={self.app.main!r} tracked={len(self._snapshots)} unfinished={len(self._unfinished)}>"
