@@ -6,6 +6,7 @@ import os
 import socket
 
 import pytest
+from conftest import wait_for
 
 import celerynb
 from celerynb import config
@@ -147,3 +148,20 @@ def test_worker_processes_and_embedded_beat(app):
     finally:
         app.conf.beat_schedule = saved
         output.unlink(missing_ok=True)
+
+
+def test_processes_n_is_one_prefork_worker_with_n_children(app):
+    """As users run Celery (``celery worker -c N``): measured faster than N one-child workers."""
+    import psutil
+
+    from celerynb.workers.tasks import long_process
+
+    with celerynb.LocalCluster(app, workers=0, processes=3) as local:
+        assert len(local.processes) == 1
+        parent = psutil.Process(local.processes[0].pid)
+        assert len(parent.children()) == 3
+        busy = [long_process.delay([0, 1], delay=0.3) for _ in range(3)]
+        # All three run at once: each child took one.
+        wait_for(lambda: all(r.state in ("STARTED", "PROGRESS") for r in busy), timeout=30,
+                 message="three tasks running at once")
+        assert [r.get(timeout=30)["processed"] for r in busy] == [2, 2, 2]

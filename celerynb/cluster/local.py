@@ -50,7 +50,9 @@ class LocalCluster:
         pool: ``threads`` or ``solo`` for in-process workers.
         concurrency: threads per in-process worker.
         queues: queues to consume (default: every queue the app declares).
-        processes: extra ``celery worker`` processes (prefork, one child each).
+        processes: execution slots in a separate ``celery worker`` process: one prefork worker
+            with that many children, as users run Celery (measured faster than as many
+            one-child workers: half the round trip, see ``benchmarks/README.md``).
         beat: run the app's ``beat_schedule`` in this process.
         persistent: keep queued messages across a server restart (AOF).
     """
@@ -117,8 +119,8 @@ class LocalCluster:
             try:
                 for _ in range(self.n_workers):
                     self.add_worker()
-                for _ in range(self.n_processes):
-                    self.add_process()
+                if self.n_processes:
+                    self.add_process(concurrency=self.n_processes)
                 if self.beat_enabled:
                     self.start_beat()
             except BaseException:

@@ -54,7 +54,7 @@ def _celery_parser() -> _ArgumentParser:
     start.add_argument("--concurrency", type=_positive_int, default=4, help="threads per worker (default 4)")
     start.add_argument("--pool", choices=("threads", "solo"), default="threads")
     start.add_argument("--queues", default=None, help="comma-separated queues (default: all the app declares)")
-    start.add_argument("--processes", type=_positive_int, default=0, help="extra `celery worker` processes")
+    start.add_argument("--processes", type=_positive_int, default=0, help="slots in a `celery worker` process (one prefork worker, N children)")
     start.add_argument("--beat", action="store_true", help="run the app's beat_schedule in the kernel")
     sub.add_parser("stop", help="stop the local cluster")
     sub.add_parser("restart", help="stop, then start with the same options")
