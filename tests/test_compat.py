@@ -251,6 +251,35 @@ def test_redis_channel_internals_used_by_bulk_publishing(plain_app):
     assert _compat.json_codec_is(dumps)
 
 
+def test_reuse_redis_clients_gives_a_channel_one_client_for_its_pool(plain_app):
+    import redis
+
+    _compat.reuse_redis_clients()
+    _compat.reuse_redis_clients()  # idempotent
+    queue = f"compat-{uuid.uuid4().hex[:8]}"
+    with plain_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        built = []
+        original_init = redis.Redis.__init__
+
+        def counting_init(self, *args, **kwargs):
+            built.append(1)
+            original_init(self, *args, **kwargs)
+
+        redis.Redis.__init__ = counting_init
+        try:
+            for n in range(5):
+                with channel.conn_or_acquire() as client:
+                    client.lpush(queue, n)
+        finally:
+            redis.Redis.__init__ = original_init
+        with channel.conn_or_acquire() as client:
+            assert client.llen(queue) == 5  # the same commands reached the server
+            client.delete(queue)
+        assert len(built) <= 1  # one client, not one per command
+        assert channel._create_client(asynchronous=True) is not channel._create_client()
+
+
 # -- the standard library and ipywidgets ------------------------------------------------------------
 
 

@@ -6,7 +6,10 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 
 from celery import Celery
 
+from celerynb import _compat
 from celerynb.workers import cells, urls
+
+_compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
 
 app = Celery(
     "celerynb",
