@@ -22,6 +22,8 @@ logger = logging.getLogger("celerynb.monitor")
 LISTEN_TIMEOUT = 0.02
 #: Unfinished ids read per reconcile sweep on Redis (pushes are the source; this is a net).
 RECONCILE_SLICE = 1000
+#: With one pattern subscription (private server), every this many sweeps reads a slice.
+PATTERN_READ_EVERY = 10
 
 
 class MonitorLoop:
@@ -117,10 +119,13 @@ class MonitorLoop:
                 self._subscribed.difference_update(unsubscribe)
             now = time.monotonic()
             if now >= next_sweep or self._reconcile_now:
-                self._reconcile_now = False
+                asked, self._reconcile_now = self._reconcile_now, False
                 if self.app.conf.result_backend != url:
                     return  # the app moved to another server: reconnect there
-                self._read(source, self._sweep_slice(source.mode == "redis"))
+                # With the pattern subscription nothing can be missed while connected (a lost
+                # connection is followed by a full read): the read is a rare safety net.
+                if asked or not self._pattern or self.stats["reconciles"] % PATTERN_READ_EVERY == 0:
+                    self._read(source, self._sweep_slice(source.mode == "redis"))
                 self._check_workers()
                 self.stats["reconciles"] += 1
                 next_sweep = now + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
