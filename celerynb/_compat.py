@@ -372,3 +372,32 @@ def reserved_request_ids() -> list[str]:
     from celery.worker import state
 
     return [request.id for request in list(state.reserved_requests)]
+
+
+# -- Celery: running the items of a batch as tasks of their own -------------------------------------
+
+
+def result_meta(backend: Any, result: Any, state: str, traceback: str | None, request: Any) -> dict[str, Any]:
+    """The result document Celery's backend stores for a task: ``Backend._get_result_meta`` (celery 5.7.0).
+
+    ``result`` is already encoded (``backend.encode_result``); ``task_id`` is added by the caller,
+    as ``KeyValueStoreBackend._store_result`` does.
+    """
+    return backend._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+
+
+def push_current_task(task: Task) -> None:
+    """Make ``task`` what ``celery.current_task`` answers, as Celery's tracer does for a message.
+
+    ``celery._state._task_stack`` (celery 5.7.0).
+    """
+    from celery._state import _task_stack
+
+    _task_stack.push(task)
+
+
+def pop_current_task() -> None:
+    """Undo :func:`push_current_task` (``celery._state._task_stack``, celery 5.7.0)."""
+    from celery._state import _task_stack
+
+    _task_stack.pop()

@@ -286,7 +286,7 @@ def test_one_lpush_per_chunk(app):
     try:
         square.delay(0)  # the queue is declared, the connection warm
         before = client.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
-        bulk_map(square, range(1000), chunk=300)
+        bulk_map(square, range(1000), chunk=300, batch=1)  # one message per item (auto would batch)
         after = client.info("commandstats")["cmdstat_lpush"]["calls"]
         assert after - before == 4  # 300 + 300 + 300 + 100, not 1000
         assert client.llen("default") == 1001

@@ -371,3 +371,40 @@ def test_unacked_messages_are_listed_and_restored_to_their_queue(plain_app):
         assert not [m for m in _compat.unacked_messages(channel).values()
                     if (m.get("headers") or {}).get("id") == "compat-unacked-id"]
         channel.client.delete(name)
+
+
+# -- batched map: items run as tasks of their own ------------------------------------------------------
+
+
+def test_result_meta_is_the_document_the_backend_stores(plain_app):
+    from celery.app.task import Context
+
+    plain_app.conf.result_extended = True
+    backend = plain_app.backend
+    tid = f"compat-{uuid.uuid4()}"
+    request = Context(id=tid, task="compat.add", args=[1, 2], kwargs={}, hostname="h", retries=0, children=[],
+                      delivery_info={"routing_key": "q"})
+    backend.store_result(tid, 3, "SUCCESS", request=request)
+    stored = backend.decode_result(backend.client.get(backend.get_key_for_task(tid)))
+    meta = _compat.result_meta(backend, backend.encode_result(3, "SUCCESS"), "SUCCESS", None, request)
+    meta["task_id"] = tid
+    assert set(meta) == set(stored)
+    assert {k: v for k, v in meta.items() if k != "date_done"} == {k: v for k, v in stored.items() if k != "date_done"}
+    backend.client.delete(backend.get_key_for_task(tid))
+
+
+def test_push_current_task_is_what_current_task_answers(plain_app):
+    from celery import current_task
+
+    @plain_app.task(name="compat.current")
+    def current():
+        return None
+
+    task = plain_app.tasks["compat.current"]
+    before = current_task._get_current_object()
+    _compat.push_current_task(task)
+    try:
+        assert current_task._get_current_object() is task
+    finally:
+        _compat.pop_current_task()
+    assert current_task._get_current_object() is before

@@ -12,7 +12,7 @@ over one shared producer.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from celery import Celery, Task
 from celery.result import AsyncResult, GroupResult
 
 from celerynb import _compat
+from celerynb.bulk import batched
 from celerynb.bulk.calls import args_of, group_of, naming_errors, raise_lost
 from celerynb.bulk.messages import map_messages, message_sender
 from celerynb.bulk.redis_copies import publish_as_copies
@@ -32,6 +33,7 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
     task: Task,
     iterable: Iterable[Any],
     *,
+    batch: int | str = "auto",
     chunk: int | None = None,
     queue: str | None = None,
     kwargs: dict[str, Any] | None = None,
@@ -66,6 +68,7 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
             "wrap it in a list to submit it as one call."
         )
     task = _compat.unproxied(task)
+    batched.check_batch(batch)
     size = CHUNK if chunk is None else chunk
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"chunk must be a positive number of messages per round trip, not {chunk!r}.")
@@ -78,8 +81,14 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
         results = [task.apply_async(args_of(item), shared, **options) for item in iterable]
         return group_of(app, results)
     _check_broker(app)
+    items: Iterator[tuple[int, Any]] = enumerate(iterable)
     try:
-        _publish(task, iterable, shared, options, size, results)
+        if batched.batching(task, batch, options):
+            length = len(iterable) if isinstance(iterable, Sized) else None
+            batched.publish(task, items, shared, options, size, batch, length, results,
+                            lambda rest: _publish(task, rest, shared, options, size, results))
+        else:
+            _publish(task, items, shared, options, size, results)
     finally:
         _track(task, results)
     return group_of(app, results)
@@ -103,11 +112,10 @@ def _check_broker(app: Celery) -> None:
         reachability.check(url)
 
 
-def _publish(task: Task, iterable: Iterable[Any], shared: dict[str, Any], options: dict[str, Any],
+def _publish(task: Task, items: Iterator[tuple[int, Any]], shared: dict[str, Any], options: dict[str, Any],
              size: int, results: list[AsyncResult]) -> None:
-    """Send every item; ``results`` holds the calls known to be sent if this raises."""
+    """Send every item, one message each; ``results`` holds the calls known to be sent if this raises."""
     app = task.app
-    items: Iterator[tuple[int, Any]] = enumerate(iterable)
     with app.producer_or_acquire() as producer, _compat.no_result_subscribe_per_task(app):
         batched = _compat.supports_batch_publish(producer)
         fast = map_messages(task, shared, options) if batched else None

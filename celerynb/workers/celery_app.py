@@ -7,7 +7,7 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 from celery import Celery
 
 from celerynb import _compat
-from celerynb.workers import cells, urls
+from celerynb.workers import batch, cells, urls
 
 _compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
 
@@ -20,6 +20,7 @@ app = Celery(
 app._celerynb_managed = True  # its URLs are resolved by celerynb (see urls.py)
 cells.install(app)
 cells.add_cell_support_step(app)
+batch.register(app)  # celerynb.map's batch messages (celerynb.workers.batch)
 app.config_from_object("celerynb.workers.settings")
 app.on_configure.connect(urls.on_configure, sender=app, weak=False)
 
