@@ -6,6 +6,7 @@ dask's progress bars.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ from celerynb.rendering import render
 from celerynb.tracking.awaiting import outcome
 from celerynb.tracking.monitor import get_monitor
 from celerynb.tracking.snapshot import task_name
+from celerynb.workers import batch
+
+logger = logging.getLogger("celerynb.display")
 
 #: Up to this many tasks, one bar per task; more get one aggregate bar.
 FEW = 10
@@ -78,12 +82,18 @@ def cancel_tasks(app: Celery, task_ids: list[str]) -> None:
     ``revoke(terminate=True)`` kills a running task in a prefork child and drops a queued one
     everywhere. Threads/solo pools (the in-kernel workers) cannot kill a running task: they
     record the revoke, and tasks that loop with ``celerynb.track`` (or call
-    ``raise_if_cancelled``) stop at their next item with state REVOKED.
+    ``raise_if_cancelled``) stop at their next item with state REVOKED. Items of a batched
+    ``celerynb.map`` not yet run are stored REVOKED and skipped, on every pool: the batch reads
+    the cancel markers set here (a prefork child never sees the broadcast).
     """
     if not task_ids:
         return
     for tid in task_ids:  # in-kernel workers: visible at once, before the broadcast arrives
         _compat.mark_revoked(tid)
+    try:
+        batch.mark_cancelled(app, task_ids)
+    except Exception:  # noqa: BLE001 - the backend unreachable: the broadcast below still cancels
+        logger.warning("could not store the cancel markers of %d task(s)", len(task_ids), exc_info=True)
     app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -40,9 +41,12 @@ NAME = "celerynb.batch"
 NAME_ACKS_LATE = "celerynb.batch_acks_late"
 NAMES = (NAME, NAME_ACKS_LATE)
 CANCEL_PREFIX = "celerynb:cancelled:"
+#: Incremented by every cancel: a running batch reads only this until it changes.
+GENERATION = "celerynb:cancelled"
 #: Seconds between two reads of the remaining items' cancel markers.
 CHECK_EVERY = 0.05
-#: Results are stored at least this often (seconds of work), or every ``FLUSH_SIZE`` items.
+#: Results are stored at most ``FLUSH_EVERY`` seconds after the item ends (a background thread
+#: stores them while the next item runs), or every ``FLUSH_SIZE`` items.
 FLUSH_EVERY = 0.01
 FLUSH_SIZE = 256
 
@@ -83,6 +87,7 @@ def mark_cancelled(app: Celery, task_ids: list[str]) -> None:
     with client.pipeline(transaction=False) as pipe:
         for tid in task_ids:
             pipe.set(cancel_key(tid), b"1", ex=ttl)
+        pipe.incr(GENERATION)  # after the markers: a batch that sees the new count finds them
         pipe.execute()
 
 
@@ -113,12 +118,15 @@ class BatchRunner:
         self.task: Task | None = None
         self.backend = batch.backend
         self.pending: list[tuple[str, str, Any]] = []
+        self.lock = threading.Lock()
         self.cancelled: set[str] = set()
+        self.generation: Any = None
+        self.keys: dict[str, str] = {}
+        self.now_at, self.now_text = -1.0, ""
         self.last_flush = self.last_check = time.perf_counter()
 
     # -- the items -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        started = time.perf_counter()
         try:
             self.task = self.app.tasks[self.name]
         except (KeyError, NotRegistered):
@@ -127,57 +135,74 @@ class BatchRunner:
             self.backend = self.task.backend
         self.fast = _redis_backend(self.backend)
         self.store = self.task is None or not self.task.ignore_result
+        self.proto = self._item_context_fields()
+        self.template: dict[str, Any] | None = None
         done = self._first_check()
+        if self.fast:
+            _flusher.add(self)
+        try:
+            return self._run_items(done)
+        finally:
+            _flusher.discard(self)
+
+    def _run_items(self, done: set[str]) -> dict[str, Any]:
+        started = time.perf_counter()
         ran: list[float] = []
         skipped = 0
         redelivered = bool((self.batch.request.delivery_info or {}).get("redelivered"))
-        base = self._base_request()
+        task = self.task
         for index, (item_id, args) in enumerate(self.items):
             if item_id in done:
                 skipped += 1
                 continue
             if self.fast and time.perf_counter() - self.last_check >= CHECK_EVERY:
                 self._check_cancels(index)
+            context = self._context(item_id, args)
             if item_id in self.cancelled or _compat.is_revoked(item_id):
-                self._record(item_id, states.REVOKED, TaskRevokedError("cancelled"), None, base, args)
+                self._record(context, states.REVOKED, TaskRevokedError("cancelled"), None)
                 skipped += 1
                 continue
-            if self.task is None:
-                self._record(item_id, states.FAILURE, NotRegistered(self.name), None, base, args)
+            if task is None:
+                self._record(context, states.FAILURE, NotRegistered(self.name), None)
                 continue
             if redelivered:
-                self._mark_redelivered(item_id, base, args)
+                self._mark_redelivered(context)
             t0 = time.perf_counter()
-            self._run_one(item_id, args, base)
+            self._run_one(task, context)
             ran.append(time.perf_counter() - t0)
-            if len(self.pending) >= FLUSH_SIZE or time.perf_counter() - self.last_flush >= FLUSH_EVERY:
+            if len(self.pending) >= FLUSH_SIZE:
                 self.flush()
+        looped = time.perf_counter() - started
         self.flush()
-        total = time.perf_counter() - started
         per_item = None
-        if ran:
-            ran_sorted = sorted(ran)
-            per_item = ran_sorted[len(ran) // 2] + max(0.0, total - sum(ran)) / len(ran)
-        return {"items": len(self.items), "ran": len(ran), "skipped": skipped, "seconds": total, "per_item": per_item}
+        if ran:  # the median run plus the runner's own cost per item (not its fixed round trips)
+            ran.sort()
+            per_item = ran[len(ran) // 2] + max(0.0, looped - sum(ran)) / len(ran)
+        return {"items": len(self.items), "ran": len(ran), "skipped": skipped,
+                "seconds": time.perf_counter() - started, "per_item": per_item}
 
-    def _base_request(self) -> dict[str, Any]:
-        """The batch's request context, as each item's (its id, args and kwargs set per item)."""
-        base = dict(vars(self.batch.request))
-        for key in ("id", "args", "kwargs", "children", "argsrepr", "kwargsrepr", "root_id", "correlation_id"):
-            base.pop(key, None)
-        task = self.task
-        base.update(task=self.name, parent_id=None, group=None, group_index=None, chord=None, chain=None,
-                    callbacks=None, errbacks=None, called_directly=False, retries=0, is_eager=False,
-                    ignore_result=bool(task is not None and task.ignore_result))
-        return base
+    def _item_context_fields(self) -> dict[str, Any]:
+        """The batch's request context as every item's, less what is the item's own."""
+        fields = dict(vars(self.batch.request))
+        for key in ("id", "args", "kwargs", "_children", "argsrepr", "kwargsrepr", "root_id", "correlation_id"):
+            fields.pop(key, None)
+        fields.update(task=self.name, parent_id=None, group=None, group_index=None, chord=None, chain=None,
+                      callbacks=None, errbacks=None, called_directly=False, retries=0, is_eager=False,
+                      ignore_result=not self.store)
+        return vars(Context(fields))  # Context sets time_limit/soft_time_limit and headers once
 
-    def _run_one(self, item_id: str, args: tuple[Any, ...], base: dict[str, Any]) -> None:
-        task = self.task
-        assert task is not None
-        kwargs = self.kwargs
-        fun = task.run if type(task).__call__ is Task.__call__ else task
-        task.push_request(**base, id=item_id, root_id=item_id, correlation_id=item_id, args=list(args),
-                          kwargs=kwargs, children=[])
+    def _context(self, item_id: str, args: tuple[Any, ...]) -> Context:
+        """The item's request context: the batch's, with the item's id, root id and arguments."""
+        context = Context.__new__(Context)  # the fields are final already: no per-item __init__
+        fields = context.__dict__
+        fields.update(self.proto)
+        fields.update(id=item_id, root_id=item_id, correlation_id=item_id, args=list(args), kwargs=self.kwargs)
+        return context
+
+    def _run_one(self, task: Task, context: Context) -> None:
+        item_id, args, kwargs = context.id, tuple(context.args), self.kwargs
+        fun = task.run if type(task).__call__ is Task.__call__ else task  # as Celery's tracer picks it
+        task.request_stack.push(context)
         _compat.push_current_task(task)
         try:
             signals.task_prerun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
@@ -186,75 +211,98 @@ class BatchRunner:
             except Ignore:  # TaskCancelled included: it marked its own state
                 return
             except Retry as exc:  # self.retry() sent the item again, as a message of its own
-                self._record(item_id, states.RETRY, exc.exc if exc.exc is not None else exc,
-                             _traceback_text(exc), None, args)
+                self._record(context, states.RETRY, exc.exc if exc.exc is not None else exc, _traceback_text(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result
-                self._on_failure(item_id, args, exc)
+                self._on_failure(task, context, exc)
                 return
-            self._record(item_id, states.SUCCESS, value, None, None, args)
+            self._record(context, states.SUCCESS, value, None)
             task.on_success(value, item_id, args, kwargs)
             signals.task_success.send(sender=task, result=value)
         finally:
             signals.task_postrun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
             _compat.pop_current_task()
-            task.pop_request()
+            task.request_stack.pop()
 
-    def _on_failure(self, item_id: str, args: tuple[Any, ...], exc: Exception) -> None:
+    def _on_failure(self, task: Task, context: Context, exc: Exception) -> None:
         from billiard.einfo import ExceptionInfo
 
-        task = self.task
-        assert task is not None
         einfo = ExceptionInfo()
-        self._record(item_id, states.FAILURE, exc, einfo.traceback, None, args)
+        self._record(context, states.FAILURE, exc, einfo.traceback)
+        args = tuple(context.args)
         try:
-            task.on_failure(exc, item_id, args, self.kwargs, einfo)
+            task.on_failure(exc, context.id, args, self.kwargs, einfo)
         except Exception:  # noqa: BLE001 - a failing handler must not stop the other items
-            logger.exception("on_failure of %s[%s] raised", self.name, item_id)
-        signals.task_failure.send(sender=task, task_id=item_id, exception=exc, args=args, kwargs=self.kwargs,
+            logger.exception("on_failure of %s[%s] raised", self.name, context.id)
+        signals.task_failure.send(sender=task, task_id=context.id, exception=exc, args=args, kwargs=self.kwargs,
                                   traceback=einfo.tb, einfo=einfo)
 
-    def _mark_redelivered(self, item_id: str, base: dict[str, Any], args: tuple[Any, ...]) -> None:
+    def _mark_redelivered(self, context: Context) -> None:
         """As ``NotebookTask.before_start`` says for a message: this item runs a second time."""
         task = self.task
         if task is None or not task.track_started or not self.store:
             return
         self.flush()
-        request = Context({**base, "id": item_id, "args": list(args), "kwargs": self.kwargs})
-        self.backend.store_result(item_id, {"pid": os.getpid(), "hostname": base.get("hostname"),
-                                            "redelivered": True}, states.STARTED, request=request)
+        self.backend.store_result(context.id, {"pid": os.getpid(), "hostname": context.hostname,
+                                               "redelivered": True}, states.STARTED, request=context)
 
     # -- results ---------------------------------------------------------------------------
-    def _record(self, item_id: str, state: str, result: Any, traceback: str | None, base: dict[str, Any] | None,
-                args: tuple[Any, ...]) -> None:
+    def _record(self, context: Context, state: str, result: Any, traceback: str | None) -> None:
         """Store (or queue for the next pipeline) one item's outcome, as Celery's backend would."""
-        if not self.store and state not in (states.REVOKED,):
+        if not self.store and state != states.REVOKED:
             return
-        task = self.task
-        if base is None and task is not None:
-            request = task.request  # the item's own context, pushed by _run_one
-        else:
-            request = Context({**(base or self._base_request()), "id": item_id,
-                                                    "args": list(args), "kwargs": self.kwargs, "children": []})
         backend = self.backend
         if not self.fast:
-            backend.store_result(item_id, result, state, traceback=traceback, request=request)
+            backend.store_result(context.id, result, state, traceback=traceback, request=context)
             return
         encoded = backend.encode_result(result, state)
-        meta = _compat.result_meta(backend, encoded, state, traceback, request)
-        meta["task_id"] = item_id
-        self.pending.append((backend.get_key_for_task(item_id), state, backend.encode(meta)))
+        template = self.template
+        if template is None or context.children:
+            # Celery's own document for this item; later items reuse its shape (same request
+            # fields but id and arguments; children, if any, make an item compute its own).
+            meta = _compat.result_meta(backend, encoded, state, traceback, context)
+            if not context.children:
+                self.template = meta
+        else:
+            meta = dict(template)
+            meta.update(status=state, result=encoded, traceback=traceback,
+                        date_done=self._now() if state in states.READY_STATES else None)
+            if "args" in meta:  # result_extended
+                meta.update(args=context.args, kwargs=context.kwargs)
+        meta["task_id"] = context.id
+        key = self.keys.get(context.id) or backend.get_key_for_task(context.id)
+        entry = (key, state, backend.encode(meta))
+        with self.lock:
+            self.pending.append(entry)
+
+    def _now(self) -> str:
+        """``date_done`` as Celery writes it (``app.now()``), computed at most once a millisecond."""
+        now = time.perf_counter()
+        if now - self.now_at >= 0.001:
+            self.now_at, self.now_text = now, self.app.now().isoformat()
+        return self.now_text
 
     def flush(self) -> None:
         """One pipeline: SET (with the backend's expiry) and PUBLISH of every queued result."""
-        pending = self.pending
-        if not pending:
+        with self.lock:
+            pending, self.pending = self.pending, []
             self.last_flush = time.perf_counter()
-            return
-        self.pending = []
-        backend = self.backend
-        backend.ensure(self._write, (pending,))
-        self.last_flush = time.perf_counter()
+        if pending:
+            self.backend.ensure(self._write, (pending,))
+
+    def flush_if_due(self) -> None:
+        """From the flusher thread: what waits longer than ``FLUSH_EVERY`` is stored now, even while
+        the next item runs (a long item after short ones must not hold their results back)."""
+        with self.lock:
+            if not self.pending or time.perf_counter() - self.last_flush < FLUSH_EVERY:
+                return
+            pending, self.pending = self.pending, []
+            self.last_flush = time.perf_counter()
+        try:
+            self._write(pending)
+        except Exception:  # noqa: BLE001 - the runner's own flush retries them
+            with self.lock:
+                self.pending[:0] = pending
 
     def _write(self, pending: list[tuple[str, str, Any]]) -> None:
         backend = self.backend
@@ -277,22 +325,61 @@ class BatchRunner:
             return set()
         backend = self.backend
         ids = [item_id for item_id, _ in self.items]
-        values = backend.client.mget([backend.get_key_for_task(i) for i in ids] + [cancel_key(i) for i in ids])
+        self.keys = {i: backend.get_key_for_task(i) for i in ids}
+        values = backend.client.mget([*self.keys.values(), *(cancel_key(i) for i in ids), GENERATION])
         self.last_check = time.perf_counter()
         n = len(ids)
+        self.generation = values[-1]
         done = set()
         for item_id, raw in zip(ids, values[:n], strict=True):
             if raw is not None and backend.decode_result(raw).get("status") in states.READY_STATES:
                 done.add(item_id)
-        self.cancelled.update(i for i, raw in zip(ids, values[n:], strict=True) if raw is not None)
+        self.cancelled.update(i for i, raw in zip(ids, values[n:2 * n], strict=True) if raw is not None)
         return done
 
     def _check_cancels(self, start: int) -> None:
-        rest = [item_id for item_id, _ in self.items[start:]]
-        if rest:
-            values = self.backend.client.mget([cancel_key(i) for i in rest])
-            self.cancelled.update(i for i, raw in zip(rest, values, strict=True) if raw is not None)
+        """One GET of the cancel counter; the remaining items' markers only if a cancel came since."""
+        client = self.backend.client
+        generation = client.get(GENERATION)
+        if generation != self.generation:
+            self.generation = generation
+            rest = [item_id for item_id, _ in self.items[start:]]
+            if rest:
+                values = client.mget([cancel_key(i) for i in rest])
+                self.cancelled.update(i for i, raw in zip(rest, values, strict=True) if raw is not None)
         self.last_check = time.perf_counter()
+
+
+class _Flusher:
+    """One daemon thread per process storing the results runners have held for ``FLUSH_EVERY``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runners: set[BatchRunner] = set()
+        self.pid: int | None = None
+
+    def add(self, runner: BatchRunner) -> None:
+        with self.lock:
+            self.runners.add(runner)
+            if self.pid != os.getpid():  # none yet, or a forked child: the parent's thread is not here
+                self.pid = os.getpid()
+                threading.Thread(target=self._loop, name="celerynb-batch-flusher", daemon=True).start()
+
+    def discard(self, runner: BatchRunner) -> None:
+        with self.lock:
+            self.runners.discard(runner)
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while self.pid == pid:
+            time.sleep(FLUSH_EVERY / 2)
+            with self.lock:
+                runners = list(self.runners)
+            for runner in runners:
+                runner.flush_if_due()
+
+
+_flusher = _Flusher()
 
 
 def _traceback_text(exc: BaseException) -> str:
