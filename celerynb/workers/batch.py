@@ -43,8 +43,10 @@ NAMES = (NAME, NAME_ACKS_LATE)
 CANCEL_PREFIX = "celerynb:cancelled:"
 #: Incremented by every cancel: a running batch reads only this until it changes.
 GENERATION = "celerynb:cancelled"
-#: Seconds between two reads of the remaining items' cancel markers.
+#: The most seconds between two reads of the cancel counter; read after every item that ran
+#: ``LONG_ITEM`` seconds or more too (the read then costs little next to the work).
 CHECK_EVERY = 0.05
+LONG_ITEM = 0.002
 #: Results are stored at most ``FLUSH_EVERY`` seconds after the item ends (a background thread
 #: stores them while the next item runs), or every ``FLUSH_SIZE`` items.
 FLUSH_EVERY = 0.01
@@ -124,6 +126,7 @@ class BatchRunner:
         self.keys: dict[str, str] = {}
         self.now_at, self.now_text = -1.0, ""
         self.last_flush = self.last_check = time.perf_counter()
+        self.last_item = self.last_check
 
     # -- the items -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -155,7 +158,8 @@ class BatchRunner:
             if item_id in done:
                 skipped += 1
                 continue
-            if self.fast and time.perf_counter() - self.last_check >= CHECK_EVERY:
+            now = time.perf_counter()
+            if self.fast and (now - self.last_check >= CHECK_EVERY or now - self.last_item >= LONG_ITEM):
                 self._check_cancels(index)
             context = self._context(item_id, args)
             if item_id in self.cancelled or _compat.is_revoked(item_id):
@@ -167,7 +171,7 @@ class BatchRunner:
                 continue
             if redelivered:
                 self._mark_redelivered(context)
-            t0 = time.perf_counter()
+            self.last_item = t0 = time.perf_counter()
             self._run_one(task, context)
             ran.append(time.perf_counter() - t0)
             if len(self.pending) >= FLUSH_SIZE:

@@ -1,0 +1,364 @@
+"""celerynb.map with batches: many items per message, each item its own task id and result.
+
+Real servers and workers: in-kernel threads (``LocalCluster()``) and ``celery worker``
+processes (``add_process``), the latter killed by PID where a test needs a crash. Messages are
+counted by behaviour: Celery's ``task_received`` signal in the kernel's own workers, ``inspect
+stats`` for worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+from celery import signals
+from conftest import wait_for
+
+import celerynb
+from celerynb.bulk import batched
+from celerynb.display._base import cancel_tasks
+from celerynb.tracking.monitor import get_monitor
+from celerynb.workers import batch as batch_task
+from celerynb.workers.base import ArgumentNotSerializable
+
+_TASKS = textwrap.dedent(
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    from celerynb.workers.celery_app import app
+
+
+    class Odd(ValueError):
+        pass
+
+
+    @app.task(name="batchmap.inc")
+    def inc(x):
+        return x + 1
+
+
+    @app.task(name="batchmap.check")
+    def check(x):
+        if x % 3 == 0:
+            raise Odd(f"odd {x}")
+        if x % 3 == 1:
+            raise KeyError(x)
+        return x
+
+
+    @app.task(name="batchmap.whoami", bind=True)
+    def whoami(self, x):
+        self.update_state(state="PROGRESS", meta={"x": x})
+        return self.request.id
+
+
+    @app.task(name="batchmap.gated", bind=True)
+    def gated(self, key, marker_dir):
+        Path(marker_dir, key).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while key == "gate" and not Path(marker_dir, "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return key
+
+
+    @app.task(name="batchmap.crashy", acks_late=True, reject_on_worker_lost=True)
+    def crashy(key, marker_dir):
+        path = Path(marker_dir) / key
+        with open(path, "a") as fh:
+            fh.write(f"{os.getpid()}\\n")
+        attempts = len(path.read_text().split())
+        if key == "victim" and attempts == 1:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the test SIGKILLs this process here
+                time.sleep(0.05)
+        return {"key": key, "attempts": attempts}
+
+
+    @app.task(name="batchmap.slow")
+    def slow(x):
+        time.sleep(0.25)
+        return x
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tasks_module(tmp_path_factory):
+    """Tasks importable by this process and by worker processes (``--include``)."""
+    folder = tmp_path_factory.mktemp("batchmap_tasks")
+    (folder / "batchmap_tasks.py").write_text(_TASKS)
+    sys.path.insert(0, str(folder))
+    import batchmap_tasks
+
+    yield batchmap_tasks, folder
+    sys.path.remove(str(folder))
+
+
+@pytest.fixture
+def tasks(tasks_module):
+    return tasks_module[0]
+
+
+@pytest.fixture
+def received():
+    """Names of the messages the kernel's own workers received (Celery's ``task_received``)."""
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def on_received(request=None, **_):
+        with lock:
+            names.append(request.name)
+
+    signals.task_received.connect(on_received, weak=False)
+    yield names
+    signals.task_received.disconnect(on_received)
+
+
+def _process_cluster(folder: Path, concurrency: int = 1):
+    cluster = celerynb.LocalCluster(workers=0).start()
+    proc = cluster.add_process(concurrency=concurrency, extra_args=["--include", "batchmap_tasks"],
+                               env={"PYTHONPATH": str(folder)})
+    return cluster, proc
+
+
+def _queued(app, queue: str = "default") -> list[dict]:
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    try:
+        return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+    finally:
+        client.close()
+
+
+def _body(message: dict) -> list:
+    import base64
+
+    return json.loads(base64.b64decode(message["body"]))
+
+
+# -- in-kernel workers ---------------------------------------------------------------------------
+def test_results_in_order_each_item_its_own_task(cluster, tasks, received):
+    group = celerynb.map(tasks.whoami, range(50), batch=8)
+    ids = [r.id for r in group.results]
+    assert len(set(ids)) == 50
+    assert group.get(timeout=30) == ids  # self.request.id inside the task is the item's own id
+    assert received.count(batch_task.NAME) == 7 and tasks.whoami.name not in received  # ceil(50 / 8)
+    assert celerynb.map(tasks.inc, range(300), batch=7).get(timeout=30) == [i + 1 for i in range(300)]
+
+
+def test_each_item_fails_on_its_own_with_its_exception_type(cluster, tasks):
+    group = celerynb.map(tasks.check, range(12), batch=5)
+    display = celerynb.progress(group, widget=False)
+    display.wait(timeout=30)
+    for x, result in enumerate(group.results):
+        if x % 3 == 0:
+            with pytest.raises(tasks.Odd, match=f"odd {x}"):
+                result.get(timeout=10)
+            assert "Odd" in result.traceback and "raise Odd" in result.traceback
+        elif x % 3 == 1:
+            with pytest.raises(KeyError):
+                result.get(timeout=10)
+        else:
+            assert result.get(timeout=10) == x
+    assert "12/12 done · SUCCESS 4 · FAILURE 8" in display.text()
+
+
+def test_progress_counts_items_not_messages(cluster, tasks, received):
+    group = celerynb.map(tasks.inc, range(40), batch=10)
+    display = celerynb.progress(group, widget=False)
+    assert display.wait(timeout=30) == [i + 1 for i in range(40)]
+    assert "40/40 done" in display.text() and "SUCCESS 40" in display.text()
+    assert received.count(batch_task.NAME) == 4
+
+
+def test_cancel_stops_the_rest_of_a_batch_in_kernel(cluster, tasks, tmp_path):
+    _cancel_mid_batch(tasks, tmp_path)
+
+
+def _cancel_mid_batch(tasks, markers: Path) -> None:
+    keys = ["gate"] + [f"k{i}" for i in range(9)]
+    group = celerynb.map(tasks.gated, [(k, str(markers)) for k in keys], batch=10)
+    wait_for(lambda: (markers / "gate").exists(), timeout=30, message="the first item to start")
+    cancel_tasks(group.app, [r.id for r in group.results[1:]])
+    (markers / "release").touch()
+    monitor = get_monitor(group.app)
+    snaps = monitor.wait([r.id for r in group.results], timeout=30)
+    assert [snaps[r.id].state for r in group.results] == ["SUCCESS"] + ["REVOKED"] * 9
+    assert not [k for k in keys[1:] if (markers / k).exists()]  # none of them ran
+    assert group.results[0].get(timeout=10) == "gate"
+
+
+def test_empty_input_and_a_generator(cluster, tasks):
+    assert celerynb.map(tasks.inc, [], batch=5).results == []
+    assert celerynb.map(tasks.inc, iter([])).results == []
+    assert celerynb.map(tasks.inc, (i for i in range(40)), batch=6).get(timeout=30) == [i + 1 for i in range(40)]
+    assert celerynb.map(tasks.inc, (i for i in range(200))).get(timeout=30) == [i + 1 for i in range(200)]
+
+
+def test_batch_1_is_one_message_per_item(cluster, tasks, received):
+    assert celerynb.map(tasks.inc, range(40), batch=1).get(timeout=30) == [i + 1 for i in range(40)]
+    assert received.count(tasks.inc.name) == 40 and batch_task.NAME not in received
+
+
+def test_auto_batches_small_calls(cluster, tasks, received):
+    group = celerynb.map(tasks.inc, range(400))
+    assert group.get(timeout=30) == [i + 1 for i in range(400)]
+    assert batch_task.NAME in received and len(received) <= 400 // 4, len(received)
+    received.clear()
+    assert celerynb.map(tasks.inc, range(20)).get(timeout=30) == [i + 1 for i in range(20)]  # too few to batch
+    assert received == [tasks.inc.name] * 20
+
+
+def test_auto_does_not_batch_a_slow_task(cluster, tasks, received):
+    n = 36
+    group = celerynb.map(tasks.slow, range(n))
+    assert group.get(timeout=60) == list(range(n))
+    # The first items went as one measuring batch; it was not back in time, so the rest went one each.
+    assert received.count(batch_task.NAME) == 1 and received.count(tasks.slow.name) == n - batched.PROBE
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "big", True, None])
+def test_bad_batch_values_are_one_line_errors(app, tasks, value):
+    with pytest.raises(ValueError, match="batch must be 'auto' or a whole number") as info:
+        celerynb.map(tasks.inc, [1], batch=value)
+    assert "\n" not in str(info.value)
+
+
+def test_unserializable_item_names_its_index_and_sends_nothing_of_its_chunk(app, tasks):
+    cluster = celerynb.LocalCluster(workers=0).start()  # nothing consumes: read the queue
+    try:
+        with pytest.raises(ArgumentNotSerializable) as info:
+            celerynb.map(tasks.inc, [1, 2, 3, object(), 5], batch=2, chunk=2)
+        assert "item #3" in str(info.value) and "'x'" in str(info.value)
+        (message,) = _queued(app)  # the first chunk went; the chunk with the bad item did not
+        assert message["headers"]["task"] == batch_task.NAME
+        name, pairs, _ = _body(message)[0]
+        assert name == tasks.inc.name and [args for _, args in pairs] == [[1], [2]]
+        # The chunk that went is reported like any map's: the monitor follows it without being asked.
+        cluster.add_worker()
+        monitor = get_monitor(app)
+        wait_for(lambda: [monitor.snapshot(i).info for i, _ in pairs] == [2, 3], timeout=30,
+                 message="the sent items seen finished by the monitor")
+    finally:
+        cluster.stop()
+
+
+def test_batch_message_of_a_cell_task_names_its_version(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    shell = TerminalInteractiveShell.instance()
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        shell.run_line_magic("load_ext", "celerynb")
+        shell.run_cell_magic("celery_task", "--name tests.batch_cell", "def cube(x):\n    return x ** 3\n")
+        cube = shell.user_ns["cube"]
+        group = celerynb.map(cube, range(6), batch=3)
+        messages = _queued(app)
+        assert [m["headers"]["task"] for m in messages] == [batch_task.NAME] * 2
+        assert {m["headers"]["celerynb_cell"] for m in messages} == {cube._celerynb_record["version"]}
+        # A new version of the cell: the queued batches still run the version they name.
+        shell.run_cell_magic("celery_task", "--name tests.batch_cell", "def cube(x):\n    return -x\n")
+        cluster.add_worker()
+        assert group.get(timeout=30) == [x ** 3 for x in range(6)]
+    finally:
+        cluster.stop()
+        shell.run_line_magic("unload_ext", "celerynb")
+        app.tasks.pop("tests.batch_cell", None)
+        TerminalInteractiveShell.clear_instance()
+
+
+def test_own_app_needs_the_batch_task_for_explicit_batches(app):
+    from celery import Celery
+
+    from celerynb.cluster import server
+    from celerynb.cluster.inkernel import InProcessWorker, stop_workers
+
+    url = server.shared_server().url
+    other = Celery("batch-own", broker=url, backend=url, set_as_current=False)
+    other.config_from_object("celerynb.workers.settings")
+    other.conf.broker_url = other.conf.result_backend = url
+    queue = f"batch-own-{os.getpid()}"
+
+    @other.task(name="batch.own.square", shared=False)
+    def square(x):
+        return x * x
+
+    with pytest.raises(ValueError, match=r"celerynb\.workers\.batch\.register\(app\)") as info:
+        celerynb.map(square, range(5), batch=5)
+    assert "\n" not in str(info.value)
+    worker = InProcessWorker(other, queues=[queue]).start()
+    try:
+        auto = celerynb.map(square, range(40), queue=queue)  # auto: one message per item on an own app
+        assert auto.get(timeout=30) == [x * x for x in range(40)]
+        batch_task.register(other)
+        assert celerynb.map(square, range(40), batch=8, queue=queue).get(timeout=30) == [x * x for x in range(40)]
+    finally:
+        stop_workers([worker])
+        get_monitor(other).stop()
+
+
+# -- worker processes ------------------------------------------------------------------------------
+def test_worker_process_runs_batches_and_auto_batches(app, tasks_module):
+    tasks, folder = tasks_module
+    cluster, proc = _process_cluster(folder, concurrency=2)
+    try:
+        group = celerynb.map(tasks.check, range(30), batch=7)
+        for x, result in enumerate(group.results):
+            expected = (tasks.Odd, KeyError, None)[x % 3]
+            if expected is None:
+                assert result.get(timeout=60) == x
+            else:
+                with pytest.raises(expected):
+                    result.get(timeout=60)
+        assert celerynb.map(tasks.inc, range(500)).get(timeout=60) == [i + 1 for i in range(500)]
+        stats = app.control.inspect(destination=[proc.name], timeout=5).stats() or {}
+        total = stats[proc.name]["total"]
+        assert tasks.inc.name not in total and tasks.check.name not in total
+        assert 5 + 1 <= total[batch_task.NAME] <= 5 + 500 // 4, total  # 30/7 -> 5 batches, then auto
+    finally:
+        cluster.stop()
+
+
+def test_cancel_stops_the_rest_of_a_batch_on_a_worker_process(app, tasks_module, tmp_path):
+    tasks, folder = tasks_module
+    cluster, _ = _process_cluster(folder)
+    try:
+        _cancel_mid_batch(tasks, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def test_killed_worker_redelivers_the_batch_without_duplicate_results(app, tasks_module, tmp_path):
+    tasks, folder = tasks_module
+    cluster, proc = _process_cluster(folder)
+    try:
+        keys = ["a", "b", "victim", "c", "d"]
+        group = celerynb.map(tasks.crashy, [(k, str(tmp_path)) for k in keys], batch=5)
+        display = celerynb.progress(group, widget=False)
+        victim = tmp_path / "victim"
+        pid = int(wait_for(lambda: victim.exists() and victim.read_text().split(), timeout=30,
+                           message="the victim item to start")[0])
+        assert pid in {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        monitor = get_monitor(app)
+        wait_for(lambda: [monitor.snapshot(r.id).state for r in group.results[:2]] == ["SUCCESS"] * 2,
+                 timeout=10, message="the items before the victim stored")
+        os.kill(pid, signal.SIGKILL)  # the prefork child running the batch, mid-item
+        values = display.wait(timeout=90)
+        assert [v["key"] for v in values] == keys
+        runs = {k: len((tmp_path / k).read_text().split()) for k in keys}
+        assert runs == {"a": 1, "b": 1, "victim": 2, "c": 1, "d": 1}  # a and b were not run again
+        assert [v["attempts"] for v in values] == [1, 1, 2, 1, 1]
+        assert "5/5 done" in display.text()
+    finally:
+        cluster.stop()
