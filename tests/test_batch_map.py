@@ -198,11 +198,15 @@ def _cancel_mid_batch(tasks, markers: Path) -> None:
     assert group.results[0].get(timeout=10) == "gate"
 
 
-def test_empty_input_and_a_generator(cluster, tasks):
+def test_empty_input_and_a_generator(cluster, tasks, received):
     assert celerynb.map(tasks.inc, [], batch=5).results == []
     assert celerynb.map(tasks.inc, iter([])).results == []
     assert celerynb.map(tasks.inc, (i for i in range(40)), batch=6).get(timeout=30) == [i + 1 for i in range(40)]
+    assert received.count(batch_task.NAME) == 7
+    received.clear()
     assert celerynb.map(tasks.inc, (i for i in range(200))).get(timeout=30) == [i + 1 for i in range(200)]
+    # auto read the generator's length ahead: at most 200 / 16 items per batch, spread over the workers
+    assert batch_task.NAME in received and len(received) >= 200 // batched.SPREAD, received
 
 
 def test_batch_1_is_one_message_per_item(cluster, tasks, received):
@@ -337,6 +341,28 @@ def test_cancel_stops_the_rest_of_a_batch_on_a_worker_process(app, tasks_module,
         _cancel_mid_batch(tasks, tmp_path)
     finally:
         cluster.stop()
+
+
+def test_cell_task_batches_run_their_version_on_a_worker_process(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    shell = TerminalInteractiveShell.instance()
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        shell.run_line_magic("load_ext", "celerynb")
+        shell.run_cell_magic("celery_task", "--name tests.batch_cell_proc", "def cube(x):\n    return x ** 3\n")
+        first = celerynb.map(shell.user_ns["cube"], range(8), batch=3)
+        shell.run_cell_magic("celery_task", "--name tests.batch_cell_proc", "def cube(x):\n    return -x\n")
+        second = celerynb.map(shell.user_ns["cube"], range(8), batch=3)
+        cluster.add_process()  # started after both maps: it fetches each batch's version by its header
+        assert first.get(timeout=60) == [x ** 3 for x in range(8)]
+        assert second.get(timeout=60) == [-x for x in range(8)]
+    finally:
+        cluster.stop()
+        shell.run_line_magic("unload_ext", "celerynb")
+        app.tasks.pop("tests.batch_cell_proc", None)
+        TerminalInteractiveShell.clear_instance()
 
 
 def test_killed_worker_redelivers_the_batch_without_duplicate_results(app, tasks_module, tmp_path):
