@@ -83,6 +83,13 @@ _TASKS = textwrap.dedent(
         return {"key": key, "attempts": attempts}
 
 
+    @app.task(name="batchmap.flaky", bind=True)
+    def flaky(self, x):
+        if self.request.retries < 2:
+            raise self.retry(countdown=0.01)
+        return [x, self.request.retries]
+
+
     @app.task(name="batchmap.slow")
     def slow(x):
         time.sleep(0.25)
@@ -196,6 +203,12 @@ def _cancel_mid_batch(tasks, markers: Path) -> None:
     assert [snaps[r.id].state for r in group.results] == ["SUCCESS"] + ["REVOKED"] * 9
     assert not [k for k in keys[1:] if (markers / k).exists()]  # none of them ran
     assert group.results[0].get(timeout=10) == "gate"
+
+
+def test_retry_inside_a_batch_resends_that_item_alone(cluster, tasks, received):
+    group = celerynb.map(tasks.flaky, range(10), batch=5)
+    assert group.get(timeout=30) == [[x, 2] for x in range(10)]
+    assert received.count(batch_task.NAME) == 2 and received.count(tasks.flaky.name) == 20  # 2 retries each
 
 
 def test_empty_input_and_a_generator(cluster, tasks, received):
@@ -363,6 +376,30 @@ def test_cell_task_batches_run_their_version_on_a_worker_process(app, tmp_path, 
         shell.run_line_magic("unload_ext", "celerynb")
         app.tasks.pop("tests.batch_cell_proc", None)
         TerminalInteractiveShell.clear_instance()
+
+
+def test_killed_worker_fails_the_unfinished_items_of_a_batch_that_is_not_acks_late(app, tasks_module, tmp_path):
+    tasks, folder = tasks_module
+    cluster, proc = _process_cluster(folder)
+    try:
+        keys = ["a", "gate", "b", "c"]
+        group = celerynb.map(tasks.gated, [(k, str(tmp_path)) for k in keys], batch=4)
+        gate = tmp_path / "gate"
+        pid = int(wait_for(lambda: gate.exists() and gate.read_text(), timeout=30, message="the gate item to start"))
+        assert pid in {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        monitor = get_monitor(app)
+        wait_for(lambda: monitor.snapshot(group.results[0].id).state == "SUCCESS", timeout=10,
+                 message="the item before the gate stored")
+        os.kill(pid, signal.SIGKILL)
+        snaps = monitor.wait([r.id for r in group.results], timeout=30)  # none stays PENDING
+        assert [snaps[r.id].state for r in group.results] == ["SUCCESS", "FAILURE", "FAILURE", "FAILURE"]
+        from billiard.exceptions import WorkerLostError
+
+        with pytest.raises(WorkerLostError):
+            group.results[2].get(timeout=10)
+        assert not (tmp_path / "b").exists()
+    finally:
+        cluster.stop()
 
 
 def test_killed_worker_redelivers_the_batch_without_duplicate_results(app, tasks_module, tmp_path):

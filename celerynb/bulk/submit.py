@@ -6,7 +6,8 @@ options, signals, headers such as ``celerynb_cell``, same message bytes: a worke
 the difference), but inside kombu's producer batch, so a chunk of messages travels in one
 pipeline; the per-task SUBSCRIBE is left out and the shared monitor subscribes once per batch
 of ids instead. Transports without batch publishing (RabbitMQ) publish message by message
-over one shared producer.
+over one shared producer. With ``batch`` > 1 (or ``"auto"`` for quick calls) many items travel
+in one message of celerynb's batch task instead (:mod:`celerynb.bulk.batched`).
 """
 
 from __future__ import annotations
@@ -44,21 +45,45 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
     calls ``task(doc_id, opts)``); anything else (a number, string, list, dict) is passed as
     the single argument. To pass one tuple as a single argument, wrap it: ``((a, b),)``.
 
+    Every item has its own task id and ``AsyncResult``, batched or not: ``celerynb.progress``,
+    ``TaskTable``, ``celerynb.gather`` and Celery's own ``GroupResult`` methods count items; the
+    tasks are already registered with the shared monitor, so showing progress costs nothing more.
+
+    **Batches.** With ``batch`` > 1, one message of celerynb's ``celerynb.batch`` task carries
+    many items; the worker runs them one after the other, each with its own request context
+    (``self.request.id``, ``update_state``, ``celerynb.track`` are the item's) and stores each
+    item's result or exception under its own id. A failing item does not stop the others; a
+    cancel (the displays' Cancel button) stores the batch's remaining items REVOKED unrun; an
+    acks-late task's batch redelivered after its worker died skips the items already done.
+    Per-item publish signals, rate limits and time limits do not apply inside a batch (the
+    batch message has the app's limits).
+
+    ``batch="auto"`` (the default) batches only quick calls. Below 32 items it sends one message
+    per item. Otherwise it sends the first 4 items as one batch, whose worker reports the
+    seconds it spent per item; if that report is not back within 0.2 s the calls are long and
+    the rest go one per message. Else a batch gets ``0.035 s / seconds per item`` items (~35 ms
+    of work), at most 1000 and at most ``len(items) / 16``, so the work still spreads over the
+    workers (a generator's length is read up to 16,000 items ahead). ``auto`` also sends one
+    message per item for apps other than celerynb's (their workers may not have the batch
+    task), tasks with a rate limit, a backend other than Redis, foreign publish-signal
+    receivers, or a call from inside a task.
+
     Args:
         task: a Celery task (``@app.task`` or ``%%celery_task``).
         iterable: the items; consumed once, lazily.
-        chunk: messages per broker round trip (default 500).
+        batch: ``"auto"``, or items per message: ``1`` is one message per item (as ``.delay()``),
+            ``N`` forces batches of N. Your own app needs the batch task on its workers for N > 1:
+            import/register it in your worker's app to enable batching
+            (``celerynb.workers.batch.register(app)``). Eager apps always run items in place.
+        chunk: items per broker round trip (default 500).
         queue: queue for every call (default: the task's routing).
         kwargs: keyword arguments shared by every call.
-
-    The result works with ``celerynb.progress``, ``TaskTable``, ``celerynb.gather`` and
-    Celery's own ``GroupResult`` methods; its tasks are already registered with the shared
-    monitor, so showing progress costs nothing more.
 
     Raises:
         ArgumentNotSerializable: an item JSON cannot carry (``submitted`` on the exception is
             not set: items before it in the same chunk were not sent; earlier chunks were).
         BulkSubmitError: the broker stopped answering; ``.submitted`` holds the calls sent.
+        ValueError: a bad ``batch`` or ``chunk``; ``batch`` > 1 for an app without the batch task.
     """
     if not isinstance(task, Task):
         raise TypeError(f"celerynb.map() needs a Celery task (decorated with @app.task), not {type(task).__name__}.")
@@ -71,7 +96,7 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
     batched.check_batch(batch)
     size = CHUNK if chunk is None else chunk
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"chunk must be a positive number of messages per round trip, not {chunk!r}.")
+        raise ValueError(f"chunk must be a positive number of items per round trip, not {chunk!r}.")
     app = task.app
     _run_submit_hooks(task)
     shared = dict(kwargs or {})

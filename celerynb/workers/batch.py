@@ -126,7 +126,6 @@ class BatchRunner:
         self.keys: dict[str, str] = {}
         self.now_at, self.now_text = -1.0, ""
         self.last_flush = self.last_check = time.perf_counter()
-        self.last_item = self.last_check
 
     # -- the items -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -154,13 +153,14 @@ class BatchRunner:
         skipped = 0
         redelivered = bool((self.batch.request.delivery_info or {}).get("redelivered"))
         task = self.task
+        long_item = False
         for index, (item_id, args) in enumerate(self.items):
             if item_id in done:
                 skipped += 1
                 continue
-            now = time.perf_counter()
-            if self.fast and (now - self.last_check >= CHECK_EVERY or now - self.last_item >= LONG_ITEM):
+            if self.fast and (long_item or time.perf_counter() - self.last_check >= CHECK_EVERY):
                 self._check_cancels(index)
+                long_item = False
             context = self._context(item_id, args)
             if item_id in self.cancelled or _compat.is_revoked(item_id):
                 self._record(context, states.REVOKED, TaskRevokedError("cancelled"), None)
@@ -171,9 +171,11 @@ class BatchRunner:
                 continue
             if redelivered:
                 self._mark_redelivered(context)
-            self.last_item = t0 = time.perf_counter()
+            t0 = time.perf_counter()
             self._run_one(task, context)
-            ran.append(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            ran.append(took)
+            long_item = took >= LONG_ITEM
             if len(self.pending) >= FLUSH_SIZE:
                 self.flush()
         looped = time.perf_counter() - started
@@ -256,7 +258,9 @@ class BatchRunner:
         if not self.store and state != states.REVOKED:
             return
         backend = self.backend
-        if not self.fast:
+        if not self.fast or state == states.RETRY:
+            # RETRY at once, through Celery's check: the message retry() sent may already be running,
+            # and its SUCCESS must not be overwritten by this item's buffered RETRY.
             backend.store_result(context.id, result, state, traceback=traceback, request=context)
             return
         encoded = backend.encode_result(result, state)
