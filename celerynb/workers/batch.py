@@ -359,30 +359,38 @@ class BatchRunner:
 
 
 class _Flusher:
-    """One daemon thread per process storing the results runners have held for ``FLUSH_EVERY``."""
+    """A daemon thread storing the results runners have held for ``FLUSH_EVERY``; it runs only
+    while some batch runs in this process (and is started anew in a forked child)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.runners: set[BatchRunner] = set()
+        self.thread: threading.Thread | None = None
         self.pid: int | None = None
 
     def add(self, runner: BatchRunner) -> None:
         with self.lock:
             self.runners.add(runner)
-            if self.pid != os.getpid():  # none yet, or a forked child: the parent's thread is not here
+            if self.thread is None or self.pid != os.getpid():
                 self.pid = os.getpid()
-                threading.Thread(target=self._loop, name="celerynb-batch-flusher", daemon=True).start()
+                self.thread = threading.Thread(target=self._loop, name="celerynb-batch-flusher", daemon=True)
+                self.thread.start()
 
     def discard(self, runner: BatchRunner) -> None:
         with self.lock:
             self.runners.discard(runner)
 
     def _loop(self) -> None:
-        pid = os.getpid()
-        while self.pid == pid:
+        me = threading.current_thread()
+        while True:
             time.sleep(FLUSH_EVERY / 2)
             with self.lock:
+                if self.thread is not me:
+                    return
                 runners = list(self.runners)
+                if not runners:
+                    self.thread = None
+                    return
             for runner in runners:
                 runner.flush_if_due()
 
