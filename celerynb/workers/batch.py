@@ -8,10 +8,11 @@ item), and stores each item's outcome under its id exactly as Celery's Redis bac
 group of items per pipeline.
 
 Cancel: ``mark_cancelled`` (called by the displays' cancel) sets a marker key per id in the
-result backend's Redis. The runner reads the markers of the remaining items with one MGET at
-the start of the batch and at most every ``CHECK_EVERY`` seconds after, on any pool (a prefork
-child never receives the revoke broadcast); in-process revokes are read at every item. A
-cancelled item is stored REVOKED and not run.
+result backend's Redis and increments a counter. The runner reads the markers with one MGET
+at the start of the batch, then the counter (one GET) every ``CHECK_EVERY`` seconds and after
+each item that ran ``LONG_ITEM`` or more, and the remaining items' markers only when the counter
+moved; this works on any pool (a prefork child never receives the revoke broadcast), and
+in-process revokes are read at every item. A cancelled item is stored REVOKED and not run.
 
 Redelivery: the MGET at the start also reads the items' result keys, so a batch redelivered
 after its worker died (``acks_late``) skips the items whose result is already ready. If the
