@@ -34,6 +34,7 @@ from celery.app.task import Context
 from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
+from celerynb.workers import started
 
 logger = logging.getLogger("celerynb.batch")
 
@@ -68,7 +69,8 @@ def register(app: Celery) -> None:
     """
     if app in _registered:
         return
-    common = {"bind": True, "shared": False, "track_started": False, "typing": False}
+    # A plain Task: no STARTED of its own (its items report theirs), no submit hooks.
+    common = {"base": Task, "bind": True, "shared": False, "track_started": False, "typing": False}
     app.task(name=NAME, **common)(run_batch)
     app.task(name=NAME_ACKS_LATE, acks_late=True, reject_on_worker_lost=True, **common)(run_batch)
     _registered.add(app)
@@ -247,7 +249,7 @@ class BatchRunner:
     def _mark_redelivered(self, context: Context) -> None:
         """As ``NotebookTask.before_start`` says for a message: this item runs a second time."""
         task = self.task
-        if task is None or not task.track_started or not self.store:
+        if task is None or not self.store or not (task.track_started or started.reports_started(task)):
             return
         self.flush()
         self.backend.store_result(context.id, {"pid": os.getpid(), "hostname": context.hostname,
