@@ -196,9 +196,11 @@ def _cancel_mid_batch(tasks, markers: Path) -> None:
     keys = ["gate"] + [f"k{i}" for i in range(9)]
     group = celerynb.map(tasks.gated, [(k, str(markers)) for k in keys], batch=10)
     wait_for(lambda: (markers / "gate").exists(), timeout=30, message="the first item to start")
+    monitor = get_monitor(group.app)
+    wait_for(lambda: monitor.snapshot(group.results[0].id).state == "STARTED", timeout=10,
+             message="the running item shown STARTED (celerynb's rule: after 50 ms)")
     cancel_tasks(group.app, [r.id for r in group.results[1:]])
     (markers / "release").touch()
-    monitor = get_monitor(group.app)
     snaps = monitor.wait([r.id for r in group.results], timeout=30)
     assert [snaps[r.id].state for r in group.results] == ["SUCCESS"] + ["REVOKED"] * 9
     assert not [k for k in keys[1:] if (markers / k).exists()]  # none of them ran

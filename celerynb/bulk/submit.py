@@ -55,9 +55,9 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
     item's result or exception under its own id. A failing item does not stop the others; a
     cancel (the displays' Cancel button) stores the batch's remaining items REVOKED unrun; an
     acks-late task's batch redelivered after its worker died skips the items already done.
-    Inside a batch an item goes from PENDING straight to its result (no STARTED of its own), and
-    per-item publish signals, rate limits and time limits do not apply (the batch message has
-    the app's limits).
+    Inside a batch an item is shown STARTED only once it has run 50 ms (celerynb's rule for every
+    task; Celery's ``track_started=True`` is not honoured per item), and per-item publish
+    signals, rate limits and time limits do not apply (the batch message has the app's limits).
 
     ``batch="auto"`` (the default) batches only quick calls. Below 32 items it sends one message
     per item. Otherwise it sends the first 4 items as one batch, whose worker reports the
