@@ -5,7 +5,7 @@ batch task. Each item keeps its own task id: the runner calls the real task with
 context of that id (``self.request.id``, ``update_state``, ``celerynb.track`` refer to the
 item), and stores each item's outcome under its id exactly as Celery's Redis backend does
 (the result document SET with the backend's expiry, then PUBLISHed on the key's channel), a
-group of items per pipeline.
+group of items per pipeline (:mod:`celerynb.workers.batch_results`).
 
 Cancel: ``mark_cancelled`` (called by the displays' cancel) sets a marker key per id in the
 result backend's Redis and increments a counter. The runner reads the markers with one MGET
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import weakref
 from typing import Any
@@ -35,6 +34,7 @@ from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
 from celerynb.workers import started
+from celerynb.workers.batch_results import FLUSH_SIZE, ResultBuffer, flusher
 
 logger = logging.getLogger("celerynb.batch")
 
@@ -48,11 +48,7 @@ GENERATION = "celerynb:cancelled"
 #: The most seconds between two reads of the cancel counter; read after every item that ran
 #: ``LONG_ITEM`` seconds or more too (the read then costs little next to the work).
 CHECK_EVERY = 0.05
-LONG_ITEM = 0.002
-#: Results are stored at most ``FLUSH_EVERY`` seconds after the item ends (a background thread
-#: stores them while the next item runs), or every ``FLUSH_SIZE`` items.
-FLUSH_EVERY = 0.01
-FLUSH_SIZE = 256
+LONG_ITEM = 0.01
 
 _registered: weakref.WeakSet[Celery] = weakref.WeakSet()
 
@@ -122,13 +118,9 @@ class BatchRunner:
         self.items = [(str(item_id), tuple(args)) for item_id, args in items]
         self.task: Task | None = None
         self.backend = batch.backend
-        self.pending: list[tuple[str, str, Any]] = []
-        self.lock = threading.Lock()
         self.cancelled: set[str] = set()
         self.generation: Any = None
-        self.keys: dict[str, str] = {}
-        self.now_at, self.now_text = -1.0, ""
-        self.last_flush = self.last_check = time.perf_counter()
+        self.last_check = time.perf_counter()
 
     # -- the items -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -138,17 +130,18 @@ class BatchRunner:
             self.task = None
         if self.task is not None:
             self.backend = self.task.backend
+            self.fun = self._body(self.task)
         self.fast = _redis_backend(self.backend)
         self.store = self.task is None or not self.task.ignore_result
         self.proto = self._item_context_fields()
-        self.template: dict[str, Any] | None = None
+        self.results = ResultBuffer(self.app, self.backend)
         done = self._first_check()
         if self.fast:
-            _flusher.add(self)
+            flusher.add(self.results)
         try:
             return self._run_items(done)
         finally:
-            _flusher.discard(self)
+            flusher.discard(self.results)
 
     def _run_items(self, done: set[str]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -179,7 +172,7 @@ class BatchRunner:
             took = time.perf_counter() - t0
             ran.append(took)
             long_item = took >= LONG_ITEM
-            if len(self.pending) >= FLUSH_SIZE:
+            if self.results.size() >= FLUSH_SIZE:
                 self.flush()
         looped = time.perf_counter() - started
         self.flush()
@@ -209,8 +202,7 @@ class BatchRunner:
         return context
 
     def _run_one(self, task: Task, context: Context) -> None:
-        item_id, args, kwargs = context.id, tuple(context.args), self.kwargs
-        fun = task.run if type(task).__call__ is Task.__call__ else task  # as Celery's tracer picks it
+        item_id, args, kwargs, fun = context.id, tuple(context.args), self.kwargs, self.fun
         task.request_stack.push(context)
         _compat.push_current_task(task)
         try:
@@ -232,6 +224,33 @@ class BatchRunner:
             signals.task_postrun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
             _compat.pop_current_task()
             task.request_stack.pop()
+
+    @staticmethod
+    def _body(task: Task) -> Any:
+        """What runs an item, as Celery's tracer picks it: ``run`` unless ``__call__`` is custom.
+
+        ``NotebookTask.__call__`` is Celery's (which pushes the request and task again: done here
+        already) inside ``started_later``: only that part is kept, its checks made once.
+        """
+        from celerynb.workers.base import NotebookTask
+
+        call = type(task).__call__
+        if call is Task.__call__:
+            return task.run
+        if call is NotebookTask.__call__:
+            if not started.reports_started(task):  # what started_later asks per call, once per batch
+                return task.run
+            reporter = started.reporter
+
+            def run(*args: Any, **kwargs: Any) -> Any:
+                task_id = task.request.id
+                reporter.schedule(task, task.request)
+                try:
+                    return task.run(*args, **kwargs)
+                finally:
+                    reporter.cancel(task_id)
+            return run
+        return task
 
     def _on_failure(self, task: Task, context: Context, exc: Exception) -> None:
         from billiard.einfo import ExceptionInfo
@@ -266,68 +285,10 @@ class BatchRunner:
             # and its SUCCESS must not be overwritten by this item's buffered RETRY.
             backend.store_result(context.id, result, state, traceback=traceback, request=context)
             return
-        encoded = backend.encode_result(result, state)
-        template = self.template
-        if template is None or context.children:
-            # Celery's own document for this item; later items reuse its shape (same request
-            # fields but id and arguments; children, if any, make an item compute its own).
-            meta = _compat.result_meta(backend, encoded, state, traceback, context)
-            if not context.children:
-                self.template = meta
-        else:
-            meta = dict(template)
-            meta.update(status=state, result=encoded, traceback=traceback,
-                        date_done=self._now() if state in states.READY_STATES else None)
-            if "args" in meta:  # result_extended
-                meta.update(args=context.args, kwargs=context.kwargs)
-        meta["task_id"] = context.id
-        key = self.keys.get(context.id) or backend.get_key_for_task(context.id)
-        entry = (key, state, backend.encode(meta))
-        with self.lock:
-            self.pending.append(entry)
-
-    def _now(self) -> str:
-        """``date_done`` as Celery writes it (``app.now()``), computed at most once a millisecond."""
-        now = time.perf_counter()
-        if now - self.now_at >= 0.001:
-            self.now_at, self.now_text = now, self.app.now().isoformat()
-        return self.now_text
+        self.results.add(context, state, result, traceback)
 
     def flush(self) -> None:
-        """One pipeline: SET (with the backend's expiry) and PUBLISH of every queued result."""
-        with self.lock:
-            pending, self.pending = self.pending, []
-            self.last_flush = time.perf_counter()
-        if pending:
-            self.backend.ensure(self._write, (pending,))
-
-    def flush_if_due(self) -> None:
-        """From the flusher thread: what waits longer than ``FLUSH_EVERY`` is stored now, even while
-        the next item runs (a long item after short ones must not hold their results back)."""
-        with self.lock:
-            if not self.pending or time.perf_counter() - self.last_flush < FLUSH_EVERY:
-                return
-            pending, self.pending = self.pending, []
-            self.last_flush = time.perf_counter()
-        try:
-            self._write(pending)
-        except Exception:  # noqa: BLE001 - the runner's own flush retries them
-            with self.lock:
-                self.pending[:0] = pending
-
-    def _write(self, pending: list[tuple[str, str, Any]]) -> None:
-        backend = self.backend
-        expires = backend.expires
-        failure_expires = getattr(backend, "failure_expires", None) or expires
-        with backend.client.pipeline(transaction=False) as pipe:
-            for key, state, value in pending:
-                ttl = failure_expires if state == states.FAILURE else expires
-                if ttl:
-                    pipe.setex(key, ttl, value)
-                else:
-                    pipe.set(key, value)
-                pipe.publish(key, value)
-            pipe.execute()
+        self.results.flush()
 
     # -- what is already done or cancelled ----------------------------------------------------
     def _first_check(self) -> set[str]:
@@ -336,8 +297,8 @@ class BatchRunner:
             return set()
         backend = self.backend
         ids = [item_id for item_id, _ in self.items]
-        self.keys = {i: backend.get_key_for_task(i) for i in ids}
-        values = backend.client.mget([*self.keys.values(), *(cancel_key(i) for i in ids), GENERATION])
+        keys = self.results.keys = {i: backend.get_key_for_task(i) for i in ids}
+        values = backend.client.mget([*keys.values(), *(cancel_key(i) for i in ids), GENERATION])
         self.last_check = time.perf_counter()
         n = len(ids)
         self.generation = values[-1]
@@ -359,46 +320,6 @@ class BatchRunner:
                 values = client.mget([cancel_key(i) for i in rest])
                 self.cancelled.update(i for i, raw in zip(rest, values, strict=True) if raw is not None)
         self.last_check = time.perf_counter()
-
-
-class _Flusher:
-    """A daemon thread storing the results runners have held for ``FLUSH_EVERY``; it runs only
-    while some batch runs in this process (and is started anew in a forked child)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.runners: set[BatchRunner] = set()
-        self.thread: threading.Thread | None = None
-        self.pid: int | None = None
-
-    def add(self, runner: BatchRunner) -> None:
-        with self.lock:
-            self.runners.add(runner)
-            if self.thread is None or self.pid != os.getpid():
-                self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._loop, name="celerynb-batch-flusher", daemon=True)
-                self.thread.start()
-
-    def discard(self, runner: BatchRunner) -> None:
-        with self.lock:
-            self.runners.discard(runner)
-
-    def _loop(self) -> None:
-        me = threading.current_thread()
-        while True:
-            time.sleep(FLUSH_EVERY / 2)
-            with self.lock:
-                if self.thread is not me:
-                    return
-                runners = list(self.runners)
-                if not runners:
-                    self.thread = None
-                    return
-            for runner in runners:
-                runner.flush_if_due()
-
-
-_flusher = _Flusher()
 
 
 def _traceback_text(exc: BaseException) -> str:

@@ -1,0 +1,145 @@
+"""How a batch stores its items' results: Celery's document per item, a pipeline per group.
+
+Each item's document is the one Celery's backend stores (``_compat.result_meta`` builds the
+first of a batch; the others reuse its shape), SET with the backend's expiry and PUBLISHed on
+the key's channel (the monitor follows those), a group of items per pipeline. A background
+thread stores what waited ``FLUSH_EVERY`` seconds even while the next item runs, so a long
+item after short ones does not hold their results back (nor lose them if its worker dies).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery, states
+
+from celerynb import _compat
+
+#: Results are stored at most ``FLUSH_EVERY`` seconds after the item ends, or every
+#: ``FLUSH_SIZE`` items.
+FLUSH_EVERY = 0.01
+FLUSH_SIZE = 256
+
+
+class ResultBuffer:
+    """The encoded results of one batch not yet stored (Redis result backends)."""
+
+    def __init__(self, app: Celery, backend: Any) -> None:
+        self.app, self.backend = app, backend
+        self.keys: dict[str, str] = {}
+        self.template: dict[str, Any] | None = None
+        self.pending: list[tuple[str, str, Any]] = []
+        self.lock = threading.Lock()
+        self.now_at, self.now_text = -1.0, ""
+        self.last_flush = time.perf_counter()
+
+    def size(self) -> int:
+        return len(self.pending)
+
+    def add(self, context: Any, state: str, result: Any, traceback: str | None) -> None:
+        """Queue one item's outcome, encoded as Celery's backend would store it."""
+        backend = self.backend
+        encoded = backend.encode_result(result, state)
+        template = self.template
+        if template is None or context.children:
+            # Celery's own document for this item; later items reuse its shape (same request
+            # fields but id and arguments; children, if any, make an item compute its own).
+            meta = _compat.result_meta(backend, encoded, state, traceback, context)
+            if not context.children:
+                self.template = meta
+        else:
+            meta = dict(template)
+            meta.update(status=state, result=encoded, traceback=traceback,
+                        date_done=self._now() if state in states.READY_STATES else None)
+            if "args" in meta:  # result_extended
+                meta.update(args=context.args, kwargs=context.kwargs)
+        meta["task_id"] = context.id
+        key = self.keys.get(context.id) or backend.get_key_for_task(context.id)
+        entry = (key, state, backend.encode(meta))
+        with self.lock:
+            self.pending.append(entry)
+
+    def _now(self) -> str:
+        """``date_done`` as Celery writes it (``app.now()``), computed at most once a millisecond."""
+        now = time.perf_counter()
+        if now - self.now_at >= 0.001:
+            self.now_at, self.now_text = now, self.app.now().isoformat()
+        return self.now_text
+
+    def flush(self) -> None:
+        """One pipeline: SET (with the backend's expiry) and PUBLISH of every queued result."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+            self.last_flush = time.perf_counter()
+        if pending:
+            self.backend.ensure(self._write, (pending,))
+
+    def flush_if_due(self) -> None:
+        """From the flusher thread: what waited ``FLUSH_EVERY`` is stored now."""
+        with self.lock:
+            if not self.pending or time.perf_counter() - self.last_flush < FLUSH_EVERY:
+                return
+            pending, self.pending = self.pending, []
+            self.last_flush = time.perf_counter()
+        try:
+            self._write(pending)
+        except Exception:  # noqa: BLE001 - the runner's own flush retries them
+            with self.lock:
+                self.pending[:0] = pending
+
+    def _write(self, pending: list[tuple[str, str, Any]]) -> None:
+        backend = self.backend
+        expires = backend.expires
+        failure_expires = getattr(backend, "failure_expires", None) or expires
+        with backend.client.pipeline(transaction=False) as pipe:
+            for key, state, value in pending:
+                ttl = failure_expires if state == states.FAILURE else expires
+                if ttl:
+                    pipe.setex(key, ttl, value)
+                else:
+                    pipe.set(key, value)
+                pipe.publish(key, value)
+            pipe.execute()
+
+
+class Flusher:
+    """A daemon thread storing what buffers held for ``FLUSH_EVERY``; it runs only while some
+    batch runs in this process (and is started anew in a forked child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.buffers: set[ResultBuffer] = set()
+        self.thread: threading.Thread | None = None
+        self.pid: int | None = None
+
+    def add(self, buffer: ResultBuffer) -> None:
+        with self.lock:
+            self.buffers.add(buffer)
+            if self.thread is None or self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._loop, name="celerynb-batch-flusher", daemon=True)
+                self.thread.start()
+
+    def discard(self, buffer: ResultBuffer) -> None:
+        with self.lock:
+            self.buffers.discard(buffer)
+
+    def _loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            time.sleep(FLUSH_EVERY / 2)
+            with self.lock:
+                if self.thread is not me:
+                    return
+                buffers = list(self.buffers)
+                if not buffers:
+                    self.thread = None
+                    return
+            for buffer in buffers:
+                buffer.flush_if_due()
+
+
+flusher = Flusher()
