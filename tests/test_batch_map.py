@@ -261,7 +261,7 @@ def test_unserializable_item_names_its_index_and_sends_nothing_of_its_chunk(app,
         assert "item #3" in str(info.value) and "'x'" in str(info.value)
         (message,) = _queued(app)  # the first chunk went; the chunk with the bad item did not
         assert message["headers"]["task"] == batch_task.NAME
-        name, pairs, _ = _body(message)[0]
+        name, pairs = _body(message)[0][:2]
         assert name == tasks.inc.name and [args for _, args in pairs] == [[1], [2]]
         # The chunk that went is reported like any map's: the monitor follows it without being asked.
         cluster.add_worker()
@@ -354,6 +354,20 @@ def test_cancel_stops_the_rest_of_a_batch_on_a_worker_process(app, tasks_module,
     cluster, _ = _process_cluster(folder)
     try:
         _cancel_mid_batch(tasks, tmp_path)
+    finally:
+        cluster.stop()
+
+
+def test_cancel_before_a_batch_starts_revokes_its_items_on_a_worker_process(app, tasks_module):
+    tasks, folder = tasks_module
+    cluster = celerynb.LocalCluster(workers=0).start()  # nothing consumes yet
+    try:
+        group = celerynb.map(tasks.inc, range(6), batch=6)
+        cancel_tasks(app, [r.id for r in group.results[2:]])
+        cluster.add_process(extra_args=["--include", "batchmap_tasks"], env={"PYTHONPATH": str(folder)})
+        snaps = get_monitor(app).wait([r.id for r in group.results], timeout=60)
+        assert [snaps[r.id].state for r in group.results] == ["SUCCESS"] * 2 + ["REVOKED"] * 4
+        assert [snaps[r.id].info for r in group.results[:2]] == [1, 2]
     finally:
         cluster.stop()
 

@@ -112,6 +112,7 @@ class BatchSender:
         self.record = _submit_log() if _own_receivers(signals.after_task_publish, task.name) else None
         self.maxsize, self.maxlevels = app.amqp.argsrepr_maxsize, app.conf.task_repr_maxlevels
         self.kwargsrepr = saferepr(shared, app.amqp.kwargsrepr_maxsize, maxlevels=self.maxlevels)
+        self.cancels = batch_task.cancel_count(app)  # a batch reads the cancel markers only if it moves
         self.declared = False
 
     def pairs(self, chunk: list[tuple[int, Any]]) -> list[list[Any]]:
@@ -131,7 +132,7 @@ class BatchSender:
         app = self.app
         batch_id = uuid()
         message = app.amqp.create_task_message(
-            batch_id, self.name, (self.task.name, pairs, self.shared), {}, reply_to=app.thread_oid,
+            batch_id, self.name, (self.task.name, pairs, self.shared, self.cancels), {}, reply_to=app.thread_oid,
             argsrepr=f"({self.task.name!r}, <{len(pairs)} items>)", kwargsrepr="{}",
             ignore_result=not probe)
         headers, properties, body, _ = message

@@ -8,14 +8,14 @@ item), and stores each item's outcome under its id exactly as Celery's Redis bac
 group of items per pipeline (:mod:`celerynb.workers.batch_results`).
 
 Cancel: ``mark_cancelled`` (called by the displays' cancel) sets a marker key per id in the
-result backend's Redis and increments a counter. The runner reads the markers with one MGET
-at the start of the batch, then the counter (one GET) every ``CHECK_EVERY`` seconds and after
-each item that ran ``LONG_ITEM`` or more, and the remaining items' markers only when the counter
-moved; this works on any pool (a prefork child never receives the revoke broadcast), and
+result backend's Redis and increments a counter; a batch message carries the counter as its
+sender read it. The runner reads the counter at the start of the batch, every ``CHECK_EVERY``
+seconds and after each item that ran ``LONG_ITEM`` or more, and the remaining items' markers
+(one MGET) only when the counter moved; this works on any pool (a prefork child never receives the revoke broadcast), and
 in-process revokes are read at every item. A cancelled item is stored REVOKED and not run.
 
-Redelivery: the MGET at the start also reads the items' result keys, so a batch redelivered
-after its worker died (``acks_late``) skips the items whose result is already ready. If the
+Redelivery: a redelivered batch (its worker died, ``acks_late``) reads its items' results in
+the same MGET at the start and skips the items whose result is already ready. If the
 batch is not redelivered (not acks-late, a hard time limit), the worker's main process marks
 the items without a ready result as FAILED with the batch's error, so none stays PENDING.
 """
@@ -92,13 +92,24 @@ def mark_cancelled(app: Celery, task_ids: list[str]) -> None:
         pipe.execute()
 
 
-def run_batch(self: Task, name: str, items: list[list[Any]], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_batch(self: Task, name: str, items: list[list[Any]], kwargs: dict[str, Any] | None = None,
+              cancels: Any = None) -> dict[str, Any]:
     """Run ``items`` (``[[item_id, args], ...]``) of task ``name``, one after the other.
+
+    ``cancels`` is the cancel counter the sender read: while it is unchanged, no item of this
+    batch can have been cancelled and no marker is read.
 
     Returns what the kernel sizes batches from: items run, skipped, and the measured seconds
     per item (median run time plus the runner's own cost per item).
     """
-    return BatchRunner(self, name, items, kwargs or {}).run()
+    return BatchRunner(self, name, items, kwargs or {}, cancels).run()
+
+
+def cancel_count(app: Celery) -> Any:
+    """The cancel counter now (what a batch message carries as ``cancels``)."""
+    client = getattr(app.backend, "client", None)
+    value = client.get(GENERATION) if client is not None else None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _redis_backend(backend: Any) -> bool:
@@ -112,8 +123,9 @@ def _redis_backend(backend: Any) -> bool:
 class BatchRunner:
     """Runs the items of one batch message and stores each item's outcome under its own id."""
 
-    def __init__(self, batch: Task, name: str, items: list[list[Any]], kwargs: dict[str, Any]) -> None:
-        self.batch, self.name, self.kwargs = batch, name, kwargs
+    def __init__(self, batch: Task, name: str, items: list[list[Any]], kwargs: dict[str, Any],
+                 cancels: Any = None) -> None:
+        self.batch, self.name, self.kwargs, self.sent_count = batch, name, kwargs, cancels
         self.app = batch.app
         self.items = [(str(item_id), tuple(args)) for item_id, args in items]
         self.task: Task | None = None
@@ -292,28 +304,34 @@ class BatchRunner:
 
     # -- what is already done or cancelled ----------------------------------------------------
     def _first_check(self) -> set[str]:
-        """One MGET: items whose result is ready (a redelivered batch) and items cancelled already."""
+        """One MGET: the cancel counter and, for a redelivered batch, the items' results.
+
+        Returns the items whose result is ready already; a counter moved since the batch was
+        sent means a cancel came meanwhile: the items' markers are read too.
+        """
         if not self.fast or not self.items:
             return set()
         backend = self.backend
         ids = [item_id for item_id, _ in self.items]
-        keys = self.results.keys = {i: backend.get_key_for_task(i) for i in ids}
-        values = backend.client.mget([*keys.values(), *(cancel_key(i) for i in ids), GENERATION])
+        redelivered = bool((self.batch.request.delivery_info or {}).get("redelivered"))
+        keys = self.results.keys = {i: backend.get_key_for_task(i) for i in ids} if redelivered else {}
+        values = backend.client.mget([GENERATION, *keys.values()])
         self.last_check = time.perf_counter()
-        n = len(ids)
-        self.generation = values[-1]
+        self.generation = values[0]
+        sent = self.sent_count
+        if self.generation is not None and (sent is None or str(sent).encode() != self.generation):
+            self._check_cancels(0)
         done = set()
-        for item_id, raw in zip(ids, values[:n], strict=True):
+        for item_id, raw in zip(keys, values[1:], strict=True):
             if raw is not None and backend.decode_result(raw).get("status") in states.READY_STATES:
                 done.add(item_id)
-        self.cancelled.update(i for i, raw in zip(ids, values[n:2 * n], strict=True) if raw is not None)
         return done
 
     def _check_cancels(self, start: int) -> None:
         """One GET of the cancel counter; the remaining items' markers only if a cancel came since."""
         client = self.backend.client
-        generation = client.get(GENERATION)
-        if generation != self.generation:
+        generation = client.get(GENERATION) if start else self.generation
+        if start == 0 or generation != self.generation:
             self.generation = generation
             rest = [item_id for item_id, _ in self.items[start:]]
             if rest:
