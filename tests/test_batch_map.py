@@ -188,6 +188,40 @@ def test_progress_counts_items_not_messages(cluster, tasks, received):
     assert received.count(batch_task.NAME) == 4
 
 
+def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(cluster, tasks, monkeypatch):
+    from celerynb.workers import batch_results
+
+    client = cluster.app.backend.client
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe("celery-task-meta-*")  # what the monitor relies on: a PUBLISH per result
+    try:
+        monitor = get_monitor(cluster.app)
+        scripted = celerynb.map(tasks.check, range(9), batch=9)
+        monitor.wait([r.id for r in scripted.results], timeout=30)
+        monkeypatch.setattr(batch_results, "_use_script", False)
+        piped = celerynb.map(tasks.check, range(9), batch=9)
+        snaps = monitor.wait([r.id for r in scripted.results + piped.results], timeout=30)
+        wanted, published = {r.id for r in scripted.results + piped.results}, set()
+
+        def all_published() -> bool:
+            message = listener.get_message(timeout=0.05)
+            if message is not None:
+                published.add(message["channel"].decode().removeprefix("celery-task-meta-"))
+            return wanted <= published
+
+        wait_for(all_published, timeout=5, interval=0, message="a PUBLISH for every stored result")
+    finally:
+        listener.close()
+
+    def stored(result):
+        doc = json.loads(client.get(cluster.app.backend.get_key_for_task(result.id)))
+        return {k: v for k, v in doc.items() if k not in ("task_id", "date_done", "traceback", "worker")}
+
+    assert [stored(r) for r in scripted.results] == [stored(r) for r in piped.results]
+    assert [snaps[r.id].state for r in piped.results] == ["FAILURE", "FAILURE", "SUCCESS"] * 3
+    assert batch_results._use_script is False
+
+
 def test_cancel_stops_the_rest_of_a_batch_in_kernel(cluster, tasks, tmp_path):
     _cancel_mid_batch(tasks, tmp_path)
 

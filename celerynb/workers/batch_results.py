@@ -2,13 +2,15 @@
 
 Each item's document is the one Celery's backend stores (``_compat.result_meta`` builds the
 first of a batch; the others reuse its shape), SET with the backend's expiry and PUBLISHed on
-the key's channel (the monitor follows those), a group of items per pipeline. A background
+the key's channel (the monitor follows those), a group of items per round trip: one Lua script
+call doing exactly those commands, or a pipeline of them where the server refuses scripts. A background
 thread stores what waited ``FLUSH_EVERY`` seconds even while the next item runs, so a long
 item after short ones does not hold their results back (nor lose them if its worker dies).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -92,9 +94,25 @@ class ResultBuffer:
 
     def _write(self, pending: list[tuple[str, str, Any]]) -> None:
         backend = self.backend
-        expires = backend.expires
-        failure_expires = getattr(backend, "failure_expires", None) or expires
-        with backend.client.pipeline(transaction=False) as pipe:
+        expires = int(backend.expires or 0)
+        failure_expires = int(getattr(backend, "failure_expires", None) or expires)
+        client = backend.client
+        global _use_script
+        if _use_script:
+            # One EVALSHA doing the same SET(EX) + PUBLISH per result: a pipeline of two commands
+            # per item costs the client ~16 us of CPU per item to pack and parse, this ~4 us.
+            keys, args = [key for key, _, _ in pending], []
+            for _, state, value in pending:
+                args += (failure_expires if state == states.FAILURE else expires, value)
+            try:
+                try:
+                    client.evalsha(_SHA, len(keys), *keys, *args)
+                except _NoScriptError:
+                    client.eval(_SET_AND_PUBLISH, len(keys), *keys, *args)
+                return
+            except _ResponseError:  # scripting disabled on this server: the pipeline, from now on
+                _use_script = False
+        with client.pipeline(transaction=False) as pipe:
             for key, state, value in pending:
                 ttl = failure_expires if state == states.FAILURE else expires
                 if ttl:
@@ -103,6 +121,26 @@ class ResultBuffer:
                     pipe.set(key, value)
                 pipe.publish(key, value)
             pipe.execute()
+
+
+#: SET (with expiry when > 0) then PUBLISH on the key's channel, per result: what Celery's
+#: ``RedisBackend.set`` pipelines for one result.
+_SET_AND_PUBLISH = """
+for i, key in ipairs(KEYS) do
+  local ttl, value = tonumber(ARGV[2 * i - 1]), ARGV[2 * i]
+  if ttl > 0 then redis.call('SETEX', key, ttl, value) else redis.call('SET', key, value) end
+  redis.call('PUBLISH', key, value)
+end
+return #KEYS
+"""
+_SHA = hashlib.sha1(_SET_AND_PUBLISH.encode()).hexdigest()
+_use_script = True
+
+try:
+    from redis.exceptions import NoScriptError as _NoScriptError
+    from redis.exceptions import ResponseError as _ResponseError
+except ImportError:  # no redis-py: no Redis backend either
+    _NoScriptError = _ResponseError = RuntimeError  # type: ignore[assignment,misc]
 
 
 class Flusher:
