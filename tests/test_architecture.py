@@ -43,6 +43,10 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+# Parsed once, at collection: CPython 3.11's ast.parse can fail ("AST constructor recursion depth
+# mismatch") while another thread compiles, e.g. a display rendering a template in the background
+# after an earlier test.
+TREES = {module: ast.parse(path.read_text()) for module, path in MODULES.items()}
 
 
 def _resolve(name: str) -> str:
@@ -53,7 +57,7 @@ def _resolve(name: str) -> str:
 
 
 def _imports(module: str) -> set[str]:
-    tree = ast.parse(MODULES[module].read_text())
+    tree = TREES[module]
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("celerynb"):
@@ -129,10 +133,10 @@ def test_modules_are_small_and_shadow_no_standard_module():
 
 def test_private_attributes_of_other_projects_are_used_only_in_compat():
     found = []
-    for module, path in MODULES.items():
+    for module in MODULES:
         if module == "celerynb._compat":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(TREES[module]):
             name = None
             if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 name = node.attr
