@@ -77,7 +77,7 @@ _WARM = "celerynb.map(plus_one, range(500)).get(timeout=120); import celerynb.di
 
 _RUN = r'''
 _bench.update(done=0, failed=0, n={n}, t_end=None, lag_max=0, t_shown=None)
-_stats0 = dict(get_monitor().stats)
+_stats0 = dict(getattr(get_monitor(), "stats", {}))
 if {with_displays}:
     _table = celerynb.TaskTable()
     display(_table)
@@ -106,7 +106,7 @@ _READY = "_bench['t_end'] is not None and (_p is None or _bench['t_shown'] is no
 
 _RESULT = r'''
 import json as _json
-_stats1 = get_monitor().stats
+_stats1 = getattr(get_monitor(), "stats", {})
 _out = {"seconds": _bench["t_end"] - _t0, "failed": _bench["failed"], "lag_max": _bench["lag_max"],
         "final_lag_ms": ((_bench["t_shown"] or _bench["t_end"]) - _bench["t_end"]) * 1e3,
         "mget_keys": _stats1.get("mget_keys", 0) - _stats0.get("mget_keys", 0),
