@@ -26,7 +26,7 @@ Workloads, end to end (first submit to last result in hand):
 - ``rtt``: median of 200 one-at-a-time round trips.
 
 ``--quick`` makes a quarter of the calls (500, 200, 2,500; rtt 100) in one block per system:
-about 4 minutes on a busy 2-core machine, for a trend only; the figures keep their names.
+about 3 minutes on a busy 2-core machine (full: ~20), for a trend only; the figures keep their names.
 
 celerynb submits with ``celerynb.map(task, items)`` (with ``batch=`` only when its signature
 accepts one: figure ``peers_map_batch`` says what was passed) and waits either with the
