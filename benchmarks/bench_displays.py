@@ -77,7 +77,7 @@ _WARM = "celerynb.map(plus_one, range(500)).get(timeout=120); import celerynb.di
 
 _RUN = r'''
 _bench.update(done=0, failed=0, n={n}, t_end=None, lag_max=0, t_shown=None)
-_stats0 = dict(getattr(get_monitor(), "stats", {}))
+_stats0 = dict(getattr(get_monitor(), "stats", None) or dict())
 if {with_displays}:
     _table = celerynb.TaskTable()
     display(_table)
