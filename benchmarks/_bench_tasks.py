@@ -11,3 +11,9 @@ def bench_square(x):
 @app.task(name="bench.noop")
 def noop(x=None):
     return x
+
+
+@app.task(name="bench.big_string")
+def big_string(mb):
+    """A result of ``mb`` MiB (bench_scaling: is it still resident after ``del``?)."""
+    return "x" * (mb * 2**20)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats: seconds per benchmark, noisier")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only benchmarks whose file name contains NAME")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per benchmark")
+    parser.add_argument("--timeout", type=float, default=2400.0, help="seconds allowed per benchmark (bench_peers, full mode: ~15-25 min on a busy 2-core machine)")
     args = parser.parse_args(argv)
 
     paths = discover(args.only)
