@@ -280,6 +280,26 @@ def test_reuse_redis_clients_gives_a_channel_one_client_for_its_pool(plain_app):
         assert channel._create_client(asynchronous=True) is not channel._create_client()
 
 
+def test_item_results_behave_as_the_tasks_own_async_results(plain_app):
+    from celery.result import AsyncResult
+
+    @plain_app.task(name="compat.item")
+    def item():
+        return None
+
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    made = _compat.item_results(item, ids)
+    assert all(isinstance(r, AsyncResult) for r in made) and made == [item.AsyncResult(t) for t in ids]
+    assert "_on_ready" not in vars(made[0])  # the promise is not built up front
+    plain_app.backend.store_result(ids[0], 42, "SUCCESS")
+    assert made[0].get(timeout=10) == 42 and made[0].state == "SUCCESS" and made[1].state == "PENDING"
+    seen = []
+    made[2].then(lambda r: seen.append(r.id))  # Celery's callbacks use the promise
+    assert made[2].on_ready is made[2].on_ready
+    made[2].on_ready(made[2])
+    assert seen == [ids[2]]
+
+
 # -- the standard library and ipywidgets ------------------------------------------------------------
 
 

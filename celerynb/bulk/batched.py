@@ -163,12 +163,12 @@ class BatchSender:
             raise EncodeError(exc)  # the shared kwargs, then
 
     def results(self, pairs: list[list[Any]]) -> list[AsyncResult]:
-        cls, ignored, out = self.task.AsyncResult, self.ignored, []
+        ignored = self.ignored
         record, name, kwargsrepr = self.record, self.task.name, self.kwargsrepr
-        for item_id, args in pairs:
-            result = cls(item_id)
-            result.ignored = ignored
-            out.append(result)
+        out = _compat.item_results(self.task, [item_id for item_id, _ in pairs])
+        for result, (item_id, args) in zip(out, pairs, strict=True):
+            if ignored:
+                result.ignored = True
             if record is not None:
                 text = plain_repr(args, self.maxsize)
                 if text is None:
