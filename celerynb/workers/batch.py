@@ -33,7 +33,7 @@ from celery.app.task import Context
 from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
-from celerynb.workers import started
+from celerynb.workers import batch_results, started
 from celerynb.workers.batch_results import FLUSH_SIZE, ResultBuffer, flusher
 
 logger = logging.getLogger("celerynb.batch")
@@ -292,9 +292,9 @@ class BatchRunner:
         if not self.store and state != states.REVOKED:
             return
         backend = self.backend
+        if state == states.RETRY and self.fast and batch_results.store_retry(backend, context, result, traceback):
+            return  # at once, and never over the SUCCESS of the message retry() sent
         if not self.fast or state == states.RETRY:
-            # RETRY at once, through Celery's check: the message retry() sent may already be running,
-            # and its SUCCESS must not be overwritten by this item's buffered RETRY.
             backend.store_result(context.id, result, state, traceback=traceback, request=context)
             return
         self.results.add(context, state, result, traceback)

@@ -136,6 +136,38 @@ return #KEYS
 _SHA = hashlib.sha1(_SET_AND_PUBLISH.encode()).hexdigest()
 _use_script = True
 
+#: An item's RETRY, SET and PUBLISHed only if the stored state is not SUCCESS, atomically: the
+#: message ``retry()`` sent may run (and succeed) on another worker between Celery's own GET and
+#: SET, and a RETRY written after that SUCCESS would leave the item unfinished for ever.
+_RETRY_UNLESS_DONE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if ok and type(doc) == 'table' and doc['status'] == 'SUCCESS' then return 0 end
+end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def store_retry(backend: Any, context: Any, exc: Any, traceback: str | None) -> bool:
+    """Store an item's RETRY unless it has succeeded meanwhile (one atomic script); False when
+    the server refuses scripts (the caller stores it as Celery does)."""
+    global _use_script
+    if not _use_script:
+        return False
+    meta = _compat.result_meta(backend, backend.encode_result(exc, states.RETRY), states.RETRY, traceback, context)
+    meta["task_id"] = context.id
+    try:
+        backend.client.eval(_RETRY_UNLESS_DONE, 1, backend.get_key_for_task(context.id),
+                            int(backend.expires or 0), backend.encode(meta))
+    except _ResponseError:
+        _use_script = False
+        return False
+    return True
+
 try:
     from redis.exceptions import NoScriptError as _NoScriptError
     from redis.exceptions import ResponseError as _ResponseError
