@@ -14,6 +14,7 @@ import signal
 import sys
 import textwrap
 import threading
+import uuid
 from pathlib import Path
 
 import psutil
@@ -475,3 +476,20 @@ def test_killed_worker_redelivers_the_batch_without_duplicate_results(app, tasks
         assert "5/5 done" in display.text() and "redelivered 1" in display.text()  # the victim's second run
     finally:
         cluster.stop()
+
+
+def test_an_items_retry_never_overwrites_its_success(cluster):
+    """The message retry() sent may succeed on another worker before the batch stores RETRY."""
+    from celery.app.task import Context
+
+    from celerynb.workers import batch_results
+
+    backend = cluster.app.backend
+    done, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.store_result(done, "finished elsewhere", "SUCCESS")
+    for task_id in (done, fresh):
+        context = Context(id=task_id, task="tests.retry", args=[1], kwargs={}, hostname="h")
+        assert batch_results.store_retry(backend, context, RuntimeError("again"), None)
+    assert cluster.app.AsyncResult(done).state == "SUCCESS"
+    assert cluster.app.AsyncResult(done).get(timeout=5) == "finished elsewhere"
+    assert cluster.app.AsyncResult(fresh).state == "RETRY"
