@@ -31,7 +31,7 @@ class MapMessages:
         self.reply_to = app.thread_oid
         self.sent_event = app.conf.task_send_sent_event
         self.check = getattr(task, "__header__", None) if task.typing else None
-        self.result_cls = task.AsyncResult
+        self.task = task
         self.create, self.publish = amqp.create_task_message, amqp.send_task_message
         self.maxsize = amqp.argsrepr_maxsize
         self.maxlevels = app.conf.task_repr_maxlevels
@@ -55,8 +55,10 @@ class MapMessages:
         return text if text is not None else saferepr(args, self.maxsize, maxlevels=self.maxlevels)
 
     def result(self, task_id: str) -> AsyncResult:
-        result = self.result_cls(task_id)
-        result.ignored = self.ignore_result
+        # Without a promise of its own until used: ~1 kB less per task of a 100,000-task map.
+        (result,) = _compat.item_results(self.task, [task_id])
+        if self.ignore_result:
+            result.ignored = True
         return result
 
 

@@ -26,7 +26,7 @@ LOST_INFO = ("the server restarted without persistence and this task's message w
              "submit it again (LocalCluster(persistent=True) keeps queued tasks across restarts)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSnapshot:
     """Immutable view of one task's latest known state.
 
