@@ -130,22 +130,25 @@ def group_view(views: list[TaskView]) -> GroupView:
     counts: dict[str, int] = {}
     for view in views:
         counts[view.state] = counts.get(view.state, 0) + 1
-    ordered = {s: counts[s] for s in STATE_ORDER if s in counts}
-    ordered.update({s: n for s, n in counts.items() if s not in ordered})
-    total = len(views)
-    done = sum(1 for v in views if v.ready)
     failed = [v for v in views if v.state in (states.FAILURE, states.REJECTED, LOST)]
+    redelivered = sum(1 for v in views if "(redelivered " in v.detail)
+    return aggregate(counts, len(views), sum(1 for v in views if v.ready), failed[:5], redelivered)
+
+
+def aggregate(counts: dict[str, int], total: int, done: int, failures: list[TaskView], redelivered: int) -> GroupView:
+    """The aggregate bar from counts per state (shared by :func:`group_view` and the tally)."""
+    ordered = {s: counts[s] for s in STATE_ORDER if counts.get(s)}
+    ordered.update({s: n for s, n in counts.items() if s not in ordered and n})
     if done < total:
         style = "warning" if counts.get(states.RETRY) else "info"
-    elif failed:
+    elif failures:
         style = "danger"
     elif counts.get(states.REVOKED) or counts.get("ABORTED"):
         style = "warning"
     else:
         style = "success"
     percent = 100.0 * done / total if total else 100.0
-    redelivered = sum(1 for v in views if "(redelivered " in v.detail)
-    return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failed[:5],
+    return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failures,
                      redelivered=redelivered)
 
 

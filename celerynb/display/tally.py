@@ -82,18 +82,5 @@ class GroupTally:
         return list(self._running.values())[:RUNNING_SHOWN]
 
     def view(self) -> _views.GroupView:
-        counts = self.counts
-        ordered = {s: counts[s] for s in _views.STATE_ORDER if counts.get(s)}
-        ordered.update({s: n for s, n in counts.items() if s not in ordered and n})
         failed = heapq.nsmallest(FAILURES_SHOWN, self._failures.values(), key=lambda v: self._index[v.task_id])
-        if self.done < self.total:
-            style = "warning" if counts.get(states.RETRY) else "info"
-        elif failed:
-            style = "danger"
-        elif counts.get(states.REVOKED) or counts.get("ABORTED"):
-            style = "warning"
-        else:
-            style = "success"
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        return _views.GroupView(total=self.total, done=self.done, percent=percent, bar_style=style,
-                                counts=ordered, failures=failed[:FAILURES_SHOWN], redelivered=len(self._redelivered))
+        return _views.aggregate(self.counts, self.total, self.done, failed, len(self._redelivered))
