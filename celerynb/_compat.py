@@ -209,12 +209,8 @@ def _lazy_result_class() -> type:
     from vine import promise
 
     class ItemResult(AsyncResult):
-        """An ``AsyncResult`` whose ``on_ready`` promise is made on first use.
-
-        ``AsyncResult.__init__`` (celery 5.7.0) builds a weak-method ``vine.promise`` per result:
-        about half the cost of making one, and a batched map makes ten thousand that only
-        ``then()``/``get()`` would ever touch. Same attributes, same methods otherwise.
-        """
+        """An ``AsyncResult`` whose ``on_ready`` promise (half the cost of one made by celery 5.7.0's
+        ``__init__``) is made on first use: a map makes thousands only ``then()``/``get()`` touch."""
 
         def __init__(self, id: str, backend: Any = None, task_name: str | None = None,  # noqa: A002
                      app: Any = None, parent: Any = None) -> None:
@@ -231,10 +227,6 @@ def _lazy_result_class() -> type:
             if ready is None:
                 ready = self.__dict__["_on_ready"] = promise(self._on_fulfilled, weak=True)
             return ready
-
-        @on_ready.setter
-        def on_ready(self, value: Any) -> None:
-            self.__dict__["_on_ready"] = value
 
     return ItemResult
 
@@ -261,14 +253,9 @@ def supports_batch_publish(producer: Any) -> bool:
 
 
 def reuse_redis_clients() -> None:
-    """One ``redis.Redis`` client per kombu Redis channel instead of a new one per command.
-
-    ``Channel.conn_or_acquire`` calls ``_create_client()`` for every publish, delivery and ack
-    (kombu 5.7.0): three clients per task, each building redis-py 8's table of ~170 response
-    callbacks (about 70 us of CPU). A client is only a handle on the channel's connection pool
-    (each command checks a connection out of it), so one per channel and pool serves the same
-    commands over the same connections. Idempotent; the async (pub/sub) client is untouched.
-    """
+    """One ``redis.Redis`` per kombu Redis channel and pool: ``Channel.conn_or_acquire`` (kombu 5.7.0)
+    builds one per publish, delivery and ack (~70 us each: redis-py 8's ~170 response callbacks),
+    though a client is only a handle on the pool. Idempotent; the async (pub/sub) client is untouched."""
     from kombu.transport import redis as kombu_redis
 
     channel_cls = kombu_redis.Channel
