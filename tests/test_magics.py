@@ -222,6 +222,7 @@ def test_tasks_lists_notebook_and_package_tasks(ip):
     text = repr(ip.run_line_magic("celery", "tasks"))
     assert re.search(r"notebook.listed +notebook", text)
     assert "tasks.process_document" in text and "celery.ping" not in text
+    assert "celerynb.batch" not in text  # map's batch runner is no task of the user's
 
 
 def test_unload_removes_magics(ip):
