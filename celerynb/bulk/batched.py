@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from itertools import chain, islice
 from typing import Any
 from uuid import UUID
@@ -21,7 +22,7 @@ from celery.utils.saferepr import saferepr
 from kombu.exceptions import EncodeError
 
 from celerynb import _compat
-from celerynb.bulk.calls import args_of, naming_errors, raise_lost
+from celerynb.bulk.calls import args_of, flush_sent, naming_errors, raise_lost
 from celerynb.bulk.messages import plain_repr
 from celerynb.workers import batch as batch_task
 from celerynb.workers.base import ArgumentNotSerializable
@@ -266,7 +267,7 @@ def _send_batches(sender: BatchSender, items: Items, size: int, chunk: int, resu
     producer = sender.producer
     batched = _compat.supports_batch_publish(producer)
     pending: list[AsyncResult] = []
-    with producer.batch(max_size=sys.maxsize) if batched else _null() as pipe:
+    with producer.batch(max_size=sys.maxsize) if batched else nullcontext() as pipe:
         while True:
             part = list(islice(items, size))
             if not part:
@@ -275,25 +276,5 @@ def _send_batches(sender: BatchSender, items: Items, size: int, chunk: int, resu
             sender.publish(part, pairs)
             pending.extend(sender.results(pairs))
             if len(pending) >= chunk:
-                _flush(sender.app, pipe, pending, results)
-        _flush(sender.app, pipe, pending, results)
-
-
-def _flush(app: Celery, pipe: Any, pending: list[AsyncResult], results: list[AsyncResult]) -> None:
-    if not pending:
-        return
-    try:
-        if pipe is not None:
-            pipe.flush()
-    except Exception as exc:  # noqa: BLE001 - kombu wraps the connection error; ours says what to do
-        raise_lost(app, exc, len(pending), results)
-    results.extend(pending)
-    pending.clear()
-
-
-class _null:  # noqa: N801 - a context manager used like contextlib.nullcontext
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: Any) -> None:
-        return None
+                flush_sent(sender.app, pipe, pending, results)
+        flush_sent(sender.app, pipe, pending, results)

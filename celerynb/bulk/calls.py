@@ -113,6 +113,20 @@ def naming_errors(task: Task, index: int, item: Any, shared: dict[str, Any]) -> 
         raise
 
 
+def flush_sent(app: Celery, batch: Any, pending: list[AsyncResult], results: list[AsyncResult]) -> None:
+    """Send a producer batch (``None``: already sent) and move its results to ``results``; a broker
+    failure becomes :class:`BulkSubmitError` with what was sent before."""
+    if not pending:
+        return
+    try:
+        if batch is not None:
+            batch.flush()
+    except Exception as exc:  # noqa: BLE001 - kombu wraps the connection error; ours says what to do
+        raise_lost(app, exc, len(pending), results)
+    results.extend(pending)
+    pending.clear()
+
+
 def raise_lost(app: Celery, exc: Exception, lost: int, results: list[AsyncResult]) -> None:
     raise BulkSubmitError(
         f"celerynb.map: the broker at {mask_url(app.conf.broker_url)} failed after {len(results)} "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sized
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import Any
 
 from celery import Celery, Task
@@ -22,7 +22,7 @@ from celery.result import AsyncResult, GroupResult
 
 from celerynb import _compat
 from celerynb.bulk import batched
-from celerynb.bulk.calls import args_of, group_of, naming_errors, raise_lost
+from celerynb.bulk.calls import args_of, flush_sent, group_of, naming_errors
 from celerynb.bulk.messages import map_messages, message_sender
 from celerynb.bulk.redis_copies import publish_as_copies
 
@@ -154,13 +154,13 @@ def _publish(task: Task, items: Iterator[tuple[int, Any]], shared: dict[str, Any
         if send is None:
             send = apply_async_sender(task, shared, options, producer, batched)
         pending: list[AsyncResult] = []
-        with producer.batch(max_size=sys.maxsize) if batched else _nullbatch() as batch:
+        with producer.batch(max_size=sys.maxsize) if batched else nullcontext() as batch:
             for index, item in items:
                 with naming_errors(task, index, item, shared):
                     pending.append(send(args_of(item), not (results or pending)))
                 if len(pending) >= size:
-                    _flush(app, batch, pending, results)
-            _flush(app, batch, pending, results)
+                    flush_sent(app, batch, pending, results)
+            flush_sent(app, batch, pending, results)
 
 
 def apply_async_sender(task: Task, shared: dict[str, Any], options: dict[str, Any], producer: Any,
@@ -176,23 +176,6 @@ def apply_async_sender(task: Task, shared: dict[str, Any], options: dict[str, An
         return task.apply_async(args, shared, producer=producer, **options, **extra, **more)
 
     return send
-
-
-def _flush(app: Celery, batch: Any, pending: list[AsyncResult], results: list[AsyncResult]) -> None:
-    if not pending:
-        return
-    try:
-        if batch is not None:
-            batch.flush()
-    except Exception as exc:  # noqa: BLE001 - kombu wraps the connection error; ours says what to do
-        raise_lost(app, exc, len(pending), results)
-    results.extend(pending)
-    pending.clear()
-
-
-@contextmanager
-def _nullbatch() -> Iterator[None]:
-    yield None
 
 
 def _track(task: Task, results: list[AsyncResult]) -> None:
