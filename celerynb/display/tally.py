@@ -41,7 +41,6 @@ class GroupTally:
         self._failures: dict[str, _views.TaskView] = {}
         self._running: dict[str, _views.TaskView] = {}
         self._redelivered: set[str] = set()
-        self.updates = 0  # work done, for tests of the cost per update
 
     def update(self, snap: TaskSnapshot, name: str | None = None) -> bool:
         """Apply one task's new snapshot; False when it changes nothing shown."""
@@ -50,7 +49,6 @@ class GroupTally:
         if old is None:
             return False
         new = snap.state
-        self.updates += 1
         if snap.redeliveries:
             self._redelivered.add(tid)
         if new != old:

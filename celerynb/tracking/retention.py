@@ -32,7 +32,6 @@ class FinishedTasks:
         self.keep = keep
         self.big = big
         self._order: OrderedDict[str, None] = OrderedDict()
-        self.forgotten = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -58,10 +57,6 @@ class FinishedTasks:
             tid, _ = self._order.popitem(last=False)
             if not is_pinned(tid):
                 forget(tid)
-                self.forgotten += 1
-
-    def discard(self, task_id: str) -> None:
-        self._order.pop(task_id, None)
 
 
 def trim(snapshot: TaskSnapshot) -> TaskSnapshot:
