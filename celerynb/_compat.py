@@ -21,11 +21,8 @@ from celery import Celery, Task
 
 
 def request_worker_stop(*, cold: bool) -> None:
-    """Ask every worker of this process to stop: warm (finish running tasks) or cold.
-
-    ``celery.worker.state.should_stop`` / ``should_terminate`` (celery 5.7.0): read by each
-    worker's loop once per turn. A signal handler is how Celery itself sets them.
-    """
+    """Ask every worker of this process to stop, warm (running tasks finish) or cold, as Celery's signal
+    handlers do: ``celery.worker.state.should_stop`` / ``should_terminate`` (celery 5.7.0)."""
     from celery.worker import state
 
     if cold:
@@ -35,10 +32,7 @@ def request_worker_stop(*, cold: bool) -> None:
 
 
 def clear_worker_stop_flags() -> None:
-    """Reset the stop flags so that a worker started later in this process does not exit at once.
-
-    ``celery.worker.state.should_stop`` / ``should_terminate`` (celery 5.7.0).
-    """
+    """Reset those flags, or a worker started later in this process exits at once (celery 5.7.0)."""
     from celery.worker import state
 
     state.should_terminate = None
@@ -53,11 +47,8 @@ def active_request_ids() -> list[str]:
 
 
 def allow_result_get() -> None:
-    """Undo the "task join will block" flag a worker start sets, so ``result.get()`` works in the kernel.
-
-    ``celery.result._set_task_join_will_block`` (celery 5.7.0); ``start_worker`` of
-    ``celery.contrib.testing`` does the same.
-    """
+    """Undo the "task join will block" flag a worker start sets, so ``result.get()`` works in the kernel:
+    ``celery.result._set_task_join_will_block`` (celery 5.7.0), as ``celery.contrib.testing`` does."""
     from celery.result import _set_task_join_will_block
 
     _set_task_join_will_block(False)
@@ -72,11 +63,8 @@ def eager_value(result: Any) -> Any:
 
 
 def celery_current_apps() -> tuple[Celery | None, Celery | None]:
-    """This thread's current app and the process default, as they are (None where unset).
-
-    ``celery._state._tls.current_app`` / ``default_app`` (celery 5.7.0): the public
-    ``celery.current_app`` would create Celery's fallback app when neither is set.
-    """
+    """This thread's current app and the process default, None where unset: ``celery._state._tls.current_app``
+    / ``default_app`` (celery 5.7.0); ``celery.current_app`` would create Celery's fallback app."""
     from celery import _state
 
     return _state._tls.current_app, _state.default_app
@@ -166,10 +154,8 @@ def exec_options(task: Task) -> dict[str, Any]:
 
 
 def sends_plain_messages(task: Task) -> bool:
-    """False for tasks whose messages Celery builds another way (v1 protocol, pydantic arguments).
-
-    ``Task.__v2_compat__`` and ``Task._dump_pydantic_arguments`` (celery 5.7.0).
-    """
+    """False for tasks whose messages Celery builds another way (v1 protocol, pydantic arguments):
+    ``Task.__v2_compat__`` and ``Task._dump_pydantic_arguments`` (celery 5.7.0)."""
     return not task.__v2_compat__ and getattr(task, "_dump_pydantic_arguments", None) is None
 
 
@@ -190,15 +176,11 @@ def no_result_subscribe_per_task(app: Celery) -> Iterator[None]:
     if not hasattr(backend, "result_consumer") or "on_task_call" in vars(backend):
         yield
         return
-    backend.on_task_call = _ignore
+    backend.on_task_call = lambda *_, **__: None
     try:
         yield
     finally:
         del backend.on_task_call
-
-
-def _ignore(*_: Any, **__: Any) -> None:
-    return None
 
 
 # -- Celery: results made by the thousand ------------------------------------------------------
@@ -344,10 +326,8 @@ def widget_mimebundle(widget: Any) -> dict[str, Any]:
 
 
 def mark_revoked(task_id: str) -> None:
-    """Revoke a task in this process's workers at once: ``celery.worker.state.revoked`` (celery 5.7.0).
-
-    A broadcast ``revoke`` reaches in-kernel workers too, but only on their next loop turn.
-    """
+    """Revoke a task in this process's workers now, not on their next loop turn as a broadcast does:
+    ``celery.worker.state.revoked`` (celery 5.7.0)."""
     from celery.worker import state
 
     state.revoked.add(task_id)
@@ -411,23 +391,39 @@ def reserved_request_ids() -> list[str]:
     return [request.id for request in list(state.reserved_requests)]
 
 
+# -- Celery: storing a task's state -------------------------------------------------------------------
+
+
+def route_redis_result_stores(store: Callable[..., bool]) -> None:
+    """Let ``store(backend, task_id, result, state, traceback, request)`` store the states of Redis
+    result backends; when it returns False, ``RedisBackend._store_result`` (celery 5.7.0) does.
+    ``store_result`` calls either with its retries and the result already encoded. Idempotent."""
+    from celery.backends.redis import RedisBackend
+
+    current = RedisBackend._store_result
+    original = getattr(current, "__wrapped__", current)
+
+    def _store_result(self: Any, task_id: str, result: Any, state: str, traceback: str | None = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        if store(self, task_id, result, state, traceback, request):
+            return result
+        return original(self, task_id, result, state, traceback, request, **kwargs)
+
+    _store_result.__wrapped__ = original  # type: ignore[attr-defined]
+    RedisBackend._store_result = _store_result
+
+
 # -- Celery: running the items of a batch as tasks of their own -------------------------------------
 
 
 def result_meta(backend: Any, result: Any, state: str, traceback: str | None, request: Any) -> dict[str, Any]:
     """The result document Celery's backend stores for a task: ``Backend._get_result_meta`` (celery 5.7.0).
-
-    ``result`` is already encoded (``backend.encode_result``); ``task_id`` is added by the caller,
-    as ``KeyValueStoreBackend._store_result`` does.
-    """
+    ``result`` is already encoded; the caller adds ``task_id``, as ``_store_result`` does."""
     return backend._get_result_meta(result=result, state=state, traceback=traceback, request=request)
 
 
 def push_current_task(task: Task) -> None:
-    """Make ``task`` what ``celery.current_task`` answers, as Celery's tracer does for a message.
-
-    ``celery._state._task_stack`` (celery 5.7.0).
-    """
+    """Make ``task`` what ``celery.current_task`` answers, as Celery's tracer does: ``_state._task_stack`` (5.7.0)."""
     from celery._state import _task_stack
 
     _task_stack.push(task)

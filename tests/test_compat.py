@@ -428,3 +428,26 @@ def test_push_current_task_is_what_current_task_answers(plain_app):
     finally:
         _compat.pop_current_task()
     assert current_task._get_current_object() is before
+
+
+def test_route_redis_result_stores_sees_every_state_and_falls_back_to_celerys(plain_app):
+    from celerynb.workers import result_store
+
+    seen = []
+
+    def store(backend, task_id, result, state, traceback, request):
+        seen.append((task_id, result, state))
+        return task_id.startswith("ours")
+
+    _compat.route_redis_result_stores(store)
+    backend = plain_app.backend
+    ours, celerys = f"ours-{uuid.uuid4()}", f"celerys-{uuid.uuid4()}"
+    try:
+        backend.store_result(ours, 1, "SUCCESS")
+        backend.store_result(celerys, 2, "SUCCESS")
+        assert seen == [(ours, 1, "SUCCESS"), (celerys, 2, "SUCCESS")]
+        assert backend.client.get(backend.get_key_for_task(ours)) is None  # taken by store()
+        assert plain_app.AsyncResult(celerys).get(timeout=5) == 2  # stored by Celery itself
+    finally:
+        result_store.install()  # what the rest of the session runs with
+        backend.client.delete(backend.get_key_for_task(celerys))

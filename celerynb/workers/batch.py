@@ -33,7 +33,7 @@ from celery.app.task import Context
 from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
-from celerynb.workers import batch_results, started
+from celerynb.workers import started
 from celerynb.workers.batch_results import FLUSH_SIZE, ResultBuffer, flusher
 
 logger = logging.getLogger("celerynb.batch")
@@ -291,11 +291,8 @@ class BatchRunner:
         """Store (or queue for the next pipeline) one item's outcome, as Celery's backend would."""
         if not self.store and state != states.REVOKED:
             return
-        backend = self.backend
-        if state == states.RETRY and self.fast and batch_results.store_retry(backend, context, result, traceback):
-            return  # at once, and never over the SUCCESS of the message retry() sent
-        if not self.fast or state == states.RETRY:
-            backend.store_result(context.id, result, state, traceback=traceback, request=context)
+        if not self.fast or state == states.RETRY:  # a RETRY at once (never over its rerun's SUCCESS)
+            self.backend.store_result(context.id, result, state, traceback=traceback, request=context)
             return
         self.results.add(context, state, result, traceback)
 

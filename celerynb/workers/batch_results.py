@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery, states
 
 from celerynb import _compat
+from celerynb.workers import result_store
 
 #: Results are stored at most ``FLUSH_EVERY`` seconds after the item ends, or every
 #: ``FLUSH_SIZE`` items.
@@ -97,8 +98,7 @@ class ResultBuffer:
         expires = int(backend.expires or 0)
         failure_expires = int(getattr(backend, "failure_expires", None) or expires)
         client = backend.client
-        global _use_script
-        if _use_script:
+        if result_store.scripts_allowed():
             # One EVALSHA doing the same SET(EX) + PUBLISH per result: a pipeline of two commands
             # per item costs the client ~16 us of CPU per item to pack and parse, this ~4 us.
             keys, args = [key for key, _, _ in pending], []
@@ -111,7 +111,7 @@ class ResultBuffer:
                     client.eval(_SET_AND_PUBLISH, len(keys), *keys, *args)
                 return
             except _ResponseError:  # scripting disabled on this server: the pipeline, from now on
-                _use_script = False
+                result_store.refuse_scripts()
         with client.pipeline(transaction=False) as pipe:
             for key, state, value in pending:
                 ttl = failure_expires if state == states.FAILURE else expires
@@ -134,45 +134,8 @@ end
 return #KEYS
 """
 _SHA = hashlib.sha1(_SET_AND_PUBLISH.encode()).hexdigest()
-_use_script = True
 
-#: An item's RETRY, SET and PUBLISHed only if the stored state is not SUCCESS, atomically: the
-#: message ``retry()`` sent may run (and succeed) on another worker between Celery's own GET and
-#: SET, and a RETRY written after that SUCCESS would leave the item unfinished for ever.
-_RETRY_UNLESS_DONE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, doc = pcall(cjson.decode, current)
-  if ok and type(doc) == 'table' and doc['status'] == 'SUCCESS' then return 0 end
-end
-local ttl = tonumber(ARGV[1])
-if ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2]) end
-redis.call('PUBLISH', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-def store_retry(backend: Any, context: Any, exc: Any, traceback: str | None) -> bool:
-    """Store an item's RETRY unless it has succeeded meanwhile (one atomic script); False when
-    the server refuses scripts (the caller stores it as Celery does)."""
-    global _use_script
-    if not _use_script:
-        return False
-    meta = _compat.result_meta(backend, backend.encode_result(exc, states.RETRY), states.RETRY, traceback, context)
-    meta["task_id"] = context.id
-    try:
-        backend.client.eval(_RETRY_UNLESS_DONE, 1, backend.get_key_for_task(context.id),
-                            int(backend.expires or 0), backend.encode(meta))
-    except _ResponseError:
-        _use_script = False
-        return False
-    return True
-
-try:
-    from redis.exceptions import NoScriptError as _NoScriptError
-    from redis.exceptions import ResponseError as _ResponseError
-except ImportError:  # no redis-py: no Redis backend either
-    _NoScriptError = _ResponseError = RuntimeError  # type: ignore[assignment,misc]
+_NoScriptError, _ResponseError = result_store.NoScriptError, result_store.ResponseError
 
 
 class Flusher:

@@ -7,9 +7,10 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 from celery import Celery
 
 from celerynb import _compat
-from celerynb.workers import batch, cells, urls
+from celerynb.workers import batch, cells, result_store, urls
 
 _compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
+result_store.install()  # one atomic round trip per stored state (Celery: two, and a RETRY-over-SUCCESS race)
 
 app = Celery(
     "celerynb",
