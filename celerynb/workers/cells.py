@@ -253,6 +253,35 @@ def remember(task: Task) -> None:
     _defined_here[task._celerynb_record["version"]] = task
 
 
+#: Per version and app: a task carrying a shipped version's options, for the consumer to
+#: receive its messages with (no body: the cell is compiled where it runs, in the pool).
+_received_as: dict[tuple[str, Celery], Task] = {}
+
+
+def task_of_version(app: Celery, version: str, name: str) -> Task | None:
+    """A task with the options of ``version`` of cell ``name``, for receiving its messages (None
+    when that version is not a verified record of ``name``: the stand-in then fails it, saying why)."""
+    earlier = _defined_here.get(version)
+    if earlier is not None and earlier.name == name and earlier.app is app:
+        return earlier
+    task = _received_as.get((version, app))
+    if task is not None:
+        return task
+    key = cell_key()
+    try:
+        record = fetch(app, version) if key else None
+    except Exception:  # noqa: BLE001 - the store unreachable: the stand-in reports it when it runs
+        logger.debug("cell version %s of %s not fetched at receipt", version, name, exc_info=True)
+        return None
+    if record is None or record["version"] != version or record["name"] != name or not verify(record, key):
+        return None
+    options = record.get("options", {})
+    attrs: dict[str, Any] = {a: options[a] for a in _OPTION_ATTRS if a in options}
+    cls = type(record["function"], (app.Task,), {**attrs, "name": name, "typing": False, "__module__": "notebook"})
+    cls.bind(app)
+    return _received_as.setdefault((version, app), cls())
+
+
 def message_version(request: Any) -> str | None:
     """The cell version a message names (None: a message that names none, e.g. ``send_task``)."""
     return getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)

@@ -13,9 +13,16 @@ from typing import Any
 
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
+from celerynb.workers import cells
+
 
 class _AutoStrategies(dict):
-    """Strategies built on first use; the task handler keeps a reference to this very dict."""
+    """Strategies built on first use; the task handler keeps a reference to this very dict.
+
+    A cell task's name gets a :class:`_ByVersion` strategy: each of its versions is received
+    with its own options. A name neither registered nor a cell is unknown, as in Celery, and
+    nothing is kept for it.
+    """
 
     consumer: _CeleryConsumer | None = None
 
@@ -23,12 +30,57 @@ class _AutoStrategies(dict):
         consumer = self.consumer
         if consumer is None:
             raise KeyError(name)
-        task = consumer.app.tasks[name]  # KeyError (NotRegistered) for an unknown, non-cell task
-        strategy = task.start_strategy(consumer.app, consumer)
+        tasks = consumer.app.tasks
+        task = tasks.get(name)  # ``get`` never makes a cell stand-in
+        if task is None and not isinstance(tasks, cells.CellTaskRegistry):
+            raise KeyError(name)  # Celery's "unregistered task" (rejected, stored as a FAILURE)
+        if task is None:  # a cell shipped from a kernel, or a typo: kept once a version is received
+            return _ByVersion(consumer, name, keep_in=self)
+        if getattr(task, "_celerynb_record", None) is not None:
+            strategy: Any = _ByVersion(consumer, name)
+        else:
+            strategy = task.start_strategy(consumer.app, consumer)
+            consumer.task_buckets[name] = consumer.bucket_for_task(task)  # defined after the worker started
         self[name] = strategy
         return strategy
 
 
+class _ByVersion:
+    """The strategy of a notebook cell's name: a message goes to the strategy of the version it
+    names, built from that version's task, so its ``acks_late``, time limits and rate limit are
+    the ones it was sent with (on worker processes too, where only a stand-in is registered)."""
+
+    def __init__(self, consumer: _CeleryConsumer, name: str, keep_in: dict | None = None) -> None:
+        self.consumer, self.name, self.keep_in = consumer, name, keep_in
+        self.by_version: dict[str | None, Any] = {}
+
+    def __call__(self, message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        headers = getattr(message, "headers", None) or {}
+        version = headers.get(cells.HEADER)
+        strategy = self.by_version.get(version)
+        if strategy is None:
+            task = self._task_of(version)
+            if task is None:
+                return self.consumer.on_unknown_task(body, message, KeyError(self.name))
+            consumer = self.consumer
+            strategy = task.start_strategy(consumer.app, consumer)
+            consumer.task_buckets[self.name] = consumer.bucket_for_task(task)  # the newest version's rate
+            if getattr(task, "_celerynb_standin", False):
+                return strategy(message, body, *args, **kwargs)  # its version could not load: not kept
+            self.by_version[version] = strategy
+            if self.keep_in is not None:
+                self.keep_in.setdefault(self.name, self)
+        return strategy(message, body, *args, **kwargs)
+
+    def _task_of(self, version: str | None) -> Any:
+        app, name = self.consumer.app, self.name
+        registered = app.tasks.get(name)
+        if version is None:
+            return registered  # a message naming no version (``send_task``): the task as registered
+        if registered is not None and getattr(registered, "_celerynb_record", {}).get("version") == version:
+            return registered
+        task = cells.task_of_version(app, version, name)
+        return task if task is not None else app.tasks[name]  # the stand-in: it stores why it cannot run
 class MessageRefused(Exception):
     """The worker would not decode this task's message (a serializer it does not accept)."""
 
