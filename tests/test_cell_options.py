@@ -125,3 +125,16 @@ def test_a_typo_is_rejected_as_unregistered_and_nothing_is_kept(ip, app):
         result.get(timeout=30)
     registered = [n for names in (app.control.inspect(timeout=5).registered() or {}).values() for n in names]
     assert registered and "notebook.no_such_cell_typo" not in registered
+
+
+def test_stand_ins_are_never_registered_and_stay_bounded(app):
+    """Looking up names no kernel defined (a typo, a flood of them) never grows the registry."""
+    from celerynb.workers import cells
+
+    tasks = app.tasks
+    before = set(tasks)
+    made = [tasks[f"notebook.never_defined_{i}"] for i in range(cells.STANDINS_KEPT + 50)]
+    assert set(tasks) == before  # nothing registered: `in`, iteration and `inspect registered` unchanged
+    assert all(getattr(t, "_celerynb_standin", False) for t in made)
+    assert len(tasks.standins) == cells.STANDINS_KEPT
+    assert tasks["notebook.never_defined_0"] is not made[0]  # the oldest was dropped, made anew

@@ -340,6 +340,9 @@ class _CellTask(Task):
             return run_version(self, version, args, kwargs)
 
 
+STANDINS_KEPT = 256
+
+
 class CellTaskRegistry(TaskRegistry):
     """A task registry that answers unknown names with a :class:`_CellTask` stand-in.
 
@@ -348,19 +351,27 @@ class CellTaskRegistry(TaskRegistry):
     """
 
     app: Celery | None = None
+    #: Stand-ins made, at most :data:`STANDINS_KEPT` (oldest dropped): never registered, so the
+    #: registry lists what was defined, and names that are no cell cannot make it grow.
+    standins: dict[str, Task]
 
     def __missing__(self, name: str) -> Task:
         app = self.app
         if app is None or not isinstance(name, str) or name.startswith("celery."):
             raise NotRegistered(name)
-        from celery.app.trace import build_tracer
+        standins = self.__dict__.setdefault("standins", {})
+        task = standins.get(name)
+        if task is None:
+            from celery.app.trace import build_tracer
 
-        task_cls = type(name.rsplit(".", 1)[-1], (_CellTask,), {"name": name, "__module__": "notebook",
-                                                              "_celerynb_standin": True})
-        task = task_cls()
-        self[name] = task
-        task.bind(app)
-        task.__trace__ = build_tracer(name, task, app.loader, None, app=app)
+            task_cls = type(name.rsplit(".", 1)[-1], (_CellTask,), {"name": name, "__module__": "notebook",
+                                                                  "_celerynb_standin": True})
+            task = task_cls()
+            task.bind(app)
+            task.__trace__ = build_tracer(name, task, app.loader, None, app=app)
+            if len(standins) >= STANDINS_KEPT:
+                del standins[next(iter(standins))]
+            standins[name] = task
         return task
 
 
