@@ -14,6 +14,7 @@ from celery import states
 
 from celerynb.tracking.backend_source import BATCH, BackendSource
 from celerynb.tracking.snapshot import LOST, LOST_INFO, MOVED_INFO, WORKER_LOST, replace_state
+from celerynb.workers import cells
 
 logger = logging.getLogger("celerynb.monitor")
 
@@ -35,6 +36,8 @@ class FaultReactions:
         # Another URL is another server (a new cluster), not a restart of this one.
         if previous is None or previous != (source.url, previous[1]) or previous[1] == run[0]:
             return
+        if cells.ship_again(self.app):  # a worker may be waiting for a record the restart lost
+            logger.info("celerynb: the server restarted; this kernel's cell tasks were stored again")
         if run[1] or not source.holds_broker():
             return
         with self._lock:

@@ -47,12 +47,9 @@ class NotebookTask(Task):
             hook(self.app)
         record = getattr(self, "_celerynb_record", None)
         if record is not None and not self.app.conf.task_always_eager:
-            # A notebook cell: worker processes fetch this exact version by the header. It is
-            # stored once per result backend (a new cluster means a new URL).
-            backend_url = self.app.conf.result_backend
-            if getattr(self, "_celerynb_shipped_to", None) != backend_url:
-                cells.ship(self.app, record)
-                self._celerynb_shipped_to = backend_url
+            # A notebook cell: worker processes fetch this exact version by the header (stored
+            # once per result backend, and again before it expires).
+            cells.ship(self.app, record)
             options["headers"] = {**(options.get("headers") or {}), cells.HEADER: record["version"]}
         try:
             return super().apply_async(args, kwargs, *rest, **options)

@@ -18,11 +18,7 @@ Messages stay JSON; pickle is never involved.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -31,135 +27,45 @@ from celery import Celery, Task, bootsteps
 from celery.app.registry import TaskRegistry
 from celery.exceptions import NotRegistered
 
-from celerynb import _compat, config
+from celerynb import _compat
 from celerynb.workers import started
+from celerynb.workers.cell_records import (  # noqa: F401 - also the names callers use as cells.*
+    HEADER,
+    KEY_ENV,
+    KEY_FILE_ENV,
+    RECORD_TTL,
+    CellRefused,
+    cell_key,
+    fetch,
+    forget_shipped,
+    make_record,
+    record_key,
+    set_process_key,
+    ship,
+    verify,
+)
 
 logger = logging.getLogger("celerynb.cells")
 
-HEADER = "celerynb_cell"
-KEY_ENV = "CELERYNB_CELL_KEY"
-KEY_FILE_ENV = "CELERYNB_CELL_KEY_FILE"
-RECORD_TTL = 7 * 24 * 3600
 _OPTION_ATTRS = ("max_retries", "default_retry_delay", "rate_limit", "time_limit", "soft_time_limit",
                  "ignore_result", "acks_late")
-
-
-class CellRefused(RuntimeError):
-    """This worker will not run a shipped cell (no key, bad signature, record missing)."""
 
 
 class CellImportError(ImportError):
     """A shipped cell imports a module that this worker does not have."""
 
 
-# -- the key -----------------------------------------------------------------------------------
-_process_key: str | None = None
-
-
-def set_process_key(key: str | None) -> None:
-    """The key of a cluster started by this process (the kernel's LocalCluster)."""
-    global _process_key
-    _process_key = key
-
-
-def cell_key() -> str | None:
-    """``CELERYNB_CELL_KEY``, else ``CELERYNB_CELL_KEY_FILE``, else this process's cluster,
-    else the discovery file of a running ``celerynb up``."""
-    key = os.environ.get(KEY_ENV)
-    if key:
-        return key
-    path = os.environ.get(KEY_FILE_ENV)
-    if path:
-        try:
-            return open(path, encoding="utf-8").read().strip() or None
-        except OSError:
-            logger.error("cell key file %s cannot be read", path)
-            return None
-    if _process_key:
-        return _process_key
-    record = config.read_discovery()
-    return record.get("cell_key") if record else None
-
-
-# -- records -----------------------------------------------------------------------------------
-def _canonical(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-def make_record(name: str, function: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An unsigned record; its version is the hash of everything that defines the task."""
-    payload = {"name": name, "function": function, "source": source, "options": options}
-    payload["version"] = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
-    return payload
-
-
-def sign(record: dict[str, Any], key: str) -> dict[str, Any]:
-    body = {k: v for k, v in record.items() if k != "signature"}
-    return {**body, "signature": hmac.new(key.encode(), _canonical(body), hashlib.sha256).hexdigest()}
-
-
-def verify(record: dict[str, Any], key: str) -> bool:
-    body = {k: v for k, v in record.items() if k != "signature"}
-    expected = hmac.new(key.encode(), _canonical(body), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, str(record.get("signature", "")))
-
-
-def record_key(version: str) -> str:
-    return f"celerynb:cell:{version}"
-
-
-def _redis(app: Celery) -> Any:
-    backend = app.backend
-    client = getattr(backend, "client", None)
-    if client is None:
-        raise CellRefused(
-            "Cell tasks on worker processes need a Redis result backend to ship the cell "
-            f"(this app's backend is {type(backend).__name__})."
-        )
-    return client
-
-
-def store(app: Celery, record: dict[str, Any]) -> None:
-    _redis(app).set(record_key(record["version"]), json.dumps(record), ex=RECORD_TTL)
-
-
-def fetch(app: Celery, version: str) -> dict[str, Any] | None:
-    """The stored record of ``version`` (None if absent); CellRefused if it is no cell record."""
-    raw = _redis(app).get(record_key(version))
-    return parse_record(raw, version) if raw else None
-
-
-_RECORD_TEXT_FIELDS = ("name", "function", "source", "version", "signature")
-
-
-def parse_record(raw: bytes | str, version: str) -> dict[str, Any]:
-    """A stored record, decoded and of the right shape (its signature is checked later)."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        record = None
-    if (not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in _RECORD_TEXT_FIELDS)
-            or not isinstance(record.get("options", {}), dict)):
-        raise CellRefused(
-            f"the store holds no valid cell record for version {version} (not a JSON record with "
-            f"{', '.join(_RECORD_TEXT_FIELDS)}): run the cell again in its notebook to store it anew."
-        )
-    return record
-
-
-_shipped: set[tuple[str, str, str]] = set()
-
-
-def ship(app: Celery, record: dict[str, Any]) -> None:
-    """Store the signed record where workers fetch it, once per version, backend and key."""
+def ship_again(app: Celery) -> int:
+    """Store every cell version defined in this process for ``app`` anew (its server restarted
+    and lost them, say); returns how many. Workers waiting for one find it within a second."""
     key = cell_key()
+    forget_shipped(str(app.conf.result_backend))
     if not key:
-        return  # worker processes will refuse with a clear reason; in-kernel workers need nothing
-    marker = (record["version"], str(app.conf.result_backend), hashlib.sha256(key.encode()).hexdigest())
-    if marker in _shipped:
-        return
-    store(app, sign(record, key))
-    _shipped.add(marker)
+        return 0
+    versions = [t._celerynb_record for t in list(_defined_here.values()) if t.app is app]
+    for record in versions:
+        ship(app, record)
+    return len(versions)
 
 
 # -- the worker side ---------------------------------------------------------------------------
@@ -217,9 +123,12 @@ def _load(app: Celery, version: str, hostname: str) -> _Compiled:
             f"worker {hostname} holds no cell key, so it refuses to run notebook cells it did not define: "
             f"start it with {KEY_ENV} (or {KEY_FILE_ENV}) set to the cluster's key, or via `celerynb up`."
         )
-    record = fetch(app, version)
+    record = fetch(app, version) or _wait_for_record(app, version)
     if record is None:
-        raise CellRefused(f"cell version {version} is not in the store (expired, or sent to another broker).")
+        raise CellRefused(
+            f"cell version {version} is not in the store (it expired, a server restart lost it, or it was sent "
+            "to another broker) and no kernel stored it again: run the cell again in its notebook."
+        )
     if record["version"] != version or not verify(record, key):
         logger.error("refused cell %s (%s): signature does not verify", record["name"], version)
         raise CellRefused(
@@ -241,6 +150,27 @@ def _load(app: Celery, version: str, hostname: str) -> _Compiled:
     logger.info("loaded cell %s version %s in %.1f ms", record["name"], version[:8],
                 (time.perf_counter() - started) * 1e3)
     return _Compiled(record, func)
+
+
+#: Seconds a worker waits for a missing record (its kernel stores it again on reconnecting
+#: after a server restart); a version found missing fails at once for MISSING_FOR seconds more.
+RECORD_WAIT, MISSING_FOR = 5.0, 30.0
+_missing: dict[str, float] = {}
+
+
+def _wait_for_record(app: Celery, version: str) -> dict[str, Any] | None:
+    if _missing.get(version, 0.0) > time.monotonic():
+        return None
+    deadline, pause = time.monotonic() + RECORD_WAIT, 0.02
+    while time.monotonic() < deadline:
+        time.sleep(pause)  # rare: a record lost with its server; the kernel's monitor stores it anew
+        record = fetch(app, version)
+        if record is not None:
+            _missing.pop(version, None)
+            return record
+        pause = min(pause * 2, 0.5)
+    _missing[version] = time.monotonic() + MISSING_FOR
+    return None
 
 
 #: Versions defined in this process (a kernel's earlier definitions), by version: queued
