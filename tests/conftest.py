@@ -92,6 +92,27 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+def command_calls(url: str) -> dict[str, int]:
+    """How many times the server at ``url`` ran each command so far (``INFO commandstats``).
+
+    Only meaningful on a server private to this session (the embedded one): there, every
+    command counted was sent by this test run, and the difference of two readings is what
+    the code in between sent."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def commands_sent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The commands run between two :func:`command_calls` readings (only those run at least once)."""
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR
