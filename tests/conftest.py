@@ -152,6 +152,22 @@ def cluster(app):
 
 
 @contextlib.contextmanager
+def registered(app, fun, name: str, **options):
+    """``fun`` as the task ``name`` of ``app`` inside the block, and on no app after it.
+
+    For tests' own tasks: registered in a fixture rather than at import, so that importing a
+    test module registers nothing. Not shared (``shared=False``): Celery would otherwise add
+    a shared task to every app created later in the process."""
+    tasks = app.tasks  # finalizes the app: the task is made now, not a lazy proxy
+    assert name not in tasks, f"{name} is already registered on {app.main}"
+    task = app.task(name=name, shared=False, **options)(fun)
+    try:
+        yield task
+    finally:
+        tasks.pop(name, None)
+
+
+@contextlib.contextmanager
 def own_keys_only(url: str):
     """On a shared server, remove exactly the keys that appeared while the block ran: never a
     FLUSHDB, which would take other people's data with ours."""
