@@ -92,6 +92,27 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+def command_calls(url: str) -> dict[str, int]:
+    """How many times the server at ``url`` ran each command so far (``INFO commandstats``).
+
+    Only meaningful on a server private to this session (the embedded one): there, every
+    command counted was sent by this test run, and the difference of two readings is what
+    the code in between sent."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def commands_sent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The commands run between two :func:`command_calls` readings (only those run at least once)."""
+    return {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR
@@ -128,6 +149,22 @@ def cluster(app):
     import celerynb
 
     yield celerynb.start()
+
+
+@contextlib.contextmanager
+def registered(app, fun, name: str, **options):
+    """``fun`` as the task ``name`` of ``app`` inside the block, and on no app after it.
+
+    For tests' own tasks: registered in a fixture rather than at import, so that importing a
+    test module registers nothing. Not shared (``shared=False``): Celery would otherwise add
+    a shared task to every app created later in the process."""
+    tasks = app.tasks  # finalizes the app: the task is made now, not a lazy proxy
+    assert name not in tasks, f"{name} is already registered on {app.main}"
+    task = app.task(name=name, shared=False, **options)(fun)
+    try:
+        yield task
+    finally:
+        tasks.pop(name, None)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import time
 import pytest
 from celery import Celery
 from celery.result import GroupResult
-from conftest import wait_for
+from conftest import registered, wait_for
 
 import celerynb
 from celerynb.bulk import BulkSubmitError
@@ -22,14 +22,25 @@ from celerynb.workers.base import ArgumentNotSerializable
 from celerynb.workers.celery_app import app as nb_app
 
 
-@nb_app.task(name="tests.bulk.square")
-def square(x):
+def _square(x):
     return x * x
 
 
-@nb_app.task(name="tests.bulk.join")
-def join(a, b, sep="-"):
+def _join(a, b, sep="-"):
     return f"{a}{sep}{b}"
+
+
+@pytest.fixture(scope="module")
+def square():
+    """This module's task on celerynb's app, for its tests only (importing the module registers nothing)."""
+    with registered(nb_app, _square, "tests.bulk.square") as task:
+        yield task
+
+
+@pytest.fixture(scope="module")
+def join():
+    with registered(nb_app, _join, "tests.bulk.join") as task:
+        yield task
 
 
 def _queued(app, queue: str = "default") -> list[dict]:
@@ -57,7 +68,7 @@ def _body(message: dict) -> list:
     return json.loads(base64.b64decode(message["body"]))
 
 
-def test_map_runs_every_item_and_collects_every_result(cluster):
+def test_map_runs_every_item_and_collects_every_result(cluster, square):
     group = bulk_map(square, range(300), chunk=64)
     assert isinstance(group, GroupResult) and len(group.results) == 300
     snaps = get_monitor(nb_app).wait([r.id for r in group.results], timeout=60)
@@ -65,7 +76,7 @@ def test_map_runs_every_item_and_collects_every_result(cluster):
     assert group.get(timeout=30) == [i * i for i in range(300)]  # Celery's own API still works
 
 
-def test_progress_and_table_accept_the_group(cluster):
+def test_progress_and_table_accept_the_group(cluster, square):
     group = bulk_map(square, range(20))
     display = celerynb.progress(group, widget=False)
     assert display.wait(timeout=60) == [i * i for i in range(20)]
@@ -77,7 +88,7 @@ def test_progress_and_table_accept_the_group(cluster):
         table.close()
 
 
-def test_tuples_unpack_other_items_are_one_argument_kwargs_are_shared(cluster):
+def test_tuples_unpack_other_items_are_one_argument_kwargs_are_shared(cluster, square, join):
     group = bulk_map(join, [("a", "b"), ("c", "d")], kwargs={"sep": "+"})
     assert group.get(timeout=30) == ["a+b", "c+d"]
     lists = bulk_map(square, [[1, 2]])  # a list is one argument (and list * list fails in the task)
@@ -85,7 +96,7 @@ def test_tuples_unpack_other_items_are_one_argument_kwargs_are_shared(cluster):
         lists.get(timeout=30)
 
 
-def test_messages_match_apply_async_except_per_task_fields(app):
+def test_messages_match_apply_async_except_per_task_fields(app, square, join):
     cluster = celerynb.LocalCluster(workers=0).start()  # nothing consumes: read the queue
     try:
         square.apply_async((7,))
@@ -137,7 +148,7 @@ def test_cell_tasks_keep_their_header(app, tmp_path, monkeypatch):
         TerminalInteractiveShell.clear_instance()
 
 
-def test_unserializable_item_is_named_and_its_chunk_not_sent(app):
+def test_unserializable_item_is_named_and_its_chunk_not_sent(app, square):
     cluster = celerynb.LocalCluster(workers=0).start()
     try:
         with pytest.raises(ArgumentNotSerializable) as info:
@@ -149,19 +160,19 @@ def test_unserializable_item_is_named_and_its_chunk_not_sent(app):
 
 
 @pytest.mark.parametrize(("call", "error", "words"), [
-    (lambda: bulk_map(len, [1]), TypeError, "needs a Celery task"),
-    (lambda: bulk_map(square, "abc"), TypeError, "wrap it in a list"),
-    (lambda: bulk_map(square, [1], chunk=0), ValueError, "chunk must be a positive"),
-    (lambda: bulk_map(square, [1], chunk=True), ValueError, "chunk must be a positive"),
-    (lambda: bulk_map(join, [(1, 2, 3, 4)]), TypeError, "item #0"),
+    (lambda square, join: bulk_map(len, [1]), TypeError, "needs a Celery task"),
+    (lambda square, join: bulk_map(square, "abc"), TypeError, "wrap it in a list"),
+    (lambda square, join: bulk_map(square, [1], chunk=0), ValueError, "chunk must be a positive"),
+    (lambda square, join: bulk_map(square, [1], chunk=True), ValueError, "chunk must be a positive"),
+    (lambda square, join: bulk_map(join, [(1, 2, 3, 4)]), TypeError, "item #0"),
 ])
-def test_bad_calls_say_what_is_wrong(app, call, error, words):
+def test_bad_calls_say_what_is_wrong(app, call, error, words, square, join):
     with pytest.raises(error) as info:
-        call()
+        call(square, join)
     assert words in str(info.value)
 
 
-def test_eager_mode_runs_in_place(app):
+def test_eager_mode_runs_in_place(app, square):
     app.conf.task_always_eager = True
     group = bulk_map(square, range(5))
     assert [r.get() for r in group.results] == [0, 1, 4, 9, 16]
@@ -236,7 +247,7 @@ def test_rabbitmq_broker_falls_back_to_one_publish_per_message(rabbitmq_url, red
             conn.default_channel.queue_delete(queue)
 
 
-def test_map_tracks_ids_with_the_monitor_in_one_step(cluster):
+def test_map_tracks_ids_with_the_monitor_in_one_step(cluster, square):
     group = bulk_map(square, range(50))
     monitor = get_monitor(nb_app)
     wait_for(lambda: all(monitor.snapshot(r.id).ready for r in group.results), timeout=60,
@@ -257,7 +268,7 @@ def _raw(app, queue: str = "default") -> list[str]:
         client.close()
 
 
-def test_mapped_payloads_are_byte_for_byte_celerys_except_ids(app):
+def test_mapped_payloads_are_byte_for_byte_celerys_except_ids(app, join):
     """Each payload ``map`` queues is the one ``apply_async`` queues for the same call, with only
     the task id and kombu's delivery tag different (the template path must never drift)."""
     cluster = celerynb.LocalCluster(workers=0).start()
@@ -278,7 +289,7 @@ def test_mapped_payloads_are_byte_for_byte_celerys_except_ids(app):
         cluster.stop()
 
 
-def test_one_lpush_per_chunk(app):
+def test_one_lpush_per_chunk(app, square):
     import redis
 
     cluster = celerynb.LocalCluster(workers=0).start()
@@ -297,7 +308,7 @@ def test_one_lpush_per_chunk(app):
         cluster.stop()
 
 
-def test_a_foreign_publish_receiver_sees_every_message(app):
+def test_a_foreign_publish_receiver_sees_every_message(app, square):
     """A ``before_task_publish`` receiver may rewrite each message: map then publishes each the Celery way."""
     from celery.signals import before_task_publish
 
@@ -319,7 +330,7 @@ def test_a_foreign_publish_receiver_sees_every_message(app):
         cluster.stop()
 
 
-def test_submit_log_records_every_mapped_task(app):
+def test_submit_log_records_every_mapped_task(app, join):
     from celerynb.tracking.submitted import enable_submit_log, submitted
 
     enable_submit_log()

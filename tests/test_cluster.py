@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -41,11 +42,58 @@ def test_server_binds_loopback_and_requires_password(cluster):
     assert srv.host == "127.0.0.1"
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host="127.0.0.1", port=srv.port).ping()
-    # Not reachable on another local address of this machine.
-    other = socket.gethostbyname(socket.gethostname())
-    if other != "127.0.0.1" and not other.startswith("127."):
-        with pytest.raises(OSError):
-            socket.create_connection((other, srv.port), timeout=0.5).close()
+    # Not reachable on any other local address of this machine: 127.0.0.2 (Linux routes all of
+    # 127/8 to the loopback interface), ::1, and every interface's own address, read from the
+    # interfaces themselves (no resolver: the host name may well resolve to 127.0.x.1).
+    others = _other_local_addresses()
+    assert "127.0.0.2" in others and "::1" in others, others
+    # A server listening on every address answers on each of them, so a refusal below means
+    # that the embedded server does not listen there (not that the address is unusable).
+    with _wildcard_listeners() as port:
+        for address in others:
+            socket.create_connection((address, port), timeout=2).close()
+    answered = []
+    for address in others:
+        try:
+            socket.create_connection((address, srv.port), timeout=2).close()
+            answered.append(address)
+        except ConnectionRefusedError:
+            pass
+    assert not answered, f"the embedded server (bound to {srv.host}) also answers on {answered}"
+
+
+def _other_local_addresses() -> list[str]:
+    import psutil
+
+    found = ["127.0.0.2"]
+    if socket.has_ipv6:
+        found.append("::1")
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family == socket.AF_INET and addr.address != "127.0.0.1":
+                found.append(addr.address)
+            elif addr.family == socket.AF_INET6 and not addr.address.startswith("fe80"):  # link-local needs a scope
+                found.append(addr.address)
+    return list(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def _wildcard_listeners():
+    """Listen on one port on every IPv4 and IPv6 address; yield the port."""
+    v4 = socket.create_server(("0.0.0.0", 0))
+    port = v4.getsockname()[1]
+    v6 = None
+    try:
+        if socket.has_ipv6:
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            v6.bind(("::", port))
+            v6.listen()
+        yield port
+    finally:
+        v4.close()
+        if v6 is not None:
+            v6.close()
 
 
 def test_start_is_get_or_create(cluster):

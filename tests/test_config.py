@@ -372,5 +372,38 @@ def test_unreachable_environment_url_raises_on_resolution(runtime, monkeypatch):
 
 
 def test_connectivity_check_accepts_empty_and_unknown_schemes():
-    connectivity.check("")
-    connectivity.check("memory://")
+    """No URL, or a scheme it has no check for: nothing is contacted and nothing is raised.
+    A Redis URL at the same address is contacted (and a server that never answers fails)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        unchecked = ("", "memory://", f"filesystem://127.0.0.1:{port}/", f"sqs://key:secret@127.0.0.1:{port}/")
+        for url in unchecked:
+            assert connectivity.check(url, timeout=0.5) is None, url
+        with pytest.raises(connectivity.BrokerUnreachable, match=re.escape(f"Cannot reach redis://127.0.0.1:{port}/0")):
+            connectivity.check(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        # Connections are accepted in the order they were made: once the Redis check's is in,
+        # any made for the unchecked URLs before it would be in too.
+        wait_for(lambda: accepted, message="the redis check's connection")
+        assert len(accepted) == 1, f"{len(accepted) - 1} connection(s) made for {unchecked}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        for conn in accepted:
+            conn.close()

@@ -310,11 +310,24 @@ def test_stop_while_task_runs_is_bounded_reports_it_and_restarts(app, caplog):
 
 
 def test_stop_lets_a_short_running_task_finish(app):
-    cluster = celerynb.start()
-    short = tasks.long_process.delay([0] * 4, delay=0.1)
-    _wait_running(short)
-    cluster.stop(timeout=10)
-    assert cluster.abandoned == []
+    from celery.signals import task_postrun
+
+    finished: dict[str, tuple[str, object]] = {}
+
+    def record(task_id=None, state=None, retval=None, **_kwargs) -> None:
+        finished[task_id] = (state, retval)  # sent by the in-kernel worker once the result is stored
+
+    task_postrun.connect(record, weak=False)
+    try:
+        cluster = celerynb.start()
+        short = tasks.long_process.delay([0] * 4, delay=0.1)
+        _wait_running(short)
+        cluster.stop(timeout=10)
+        # By the time stop() returns the task has run to the end and its SUCCESS was stored.
+        assert finished.get(short.id) == ("SUCCESS", {"status": "completed", "processed": 4}), finished
+        assert cluster.abandoned == []
+    finally:
+        task_postrun.disconnect(record)
 
 
 def test_restart_in_one_process_several_times(app):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from conftest import registered
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
@@ -28,28 +29,38 @@ NASTY = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=4
 )
 
 
-@nb_app.task(name="tests.fuzz.echo")
-def echo(x):
+def _echo(x):
     return x
 
 
 @pytest.fixture(scope="module")
-def ip(tmp_path_factory):
-    import os
+def echo():
+    """This module's task on celerynb's app, for its tests only (importing the module registers nothing)."""
+    with registered(nb_app, _echo, "tests.fuzz.echo") as task:
+        yield task
 
-    os.environ["IPYTHONDIR"] = str(tmp_path_factory.mktemp("ipython"))
+
+@pytest.fixture(scope="module")
+def ip(tmp_path_factory):
+    """A shell with the extension loaded, in eager mode; IPYTHONDIR and eager mode are put back after."""
     from IPython.terminal.interactiveshell import TerminalInteractiveShell
 
-    shell = TerminalInteractiveShell.instance()
-    shell.run_line_magic("load_ext", "celerynb")
-    nb_app.conf.task_always_eager = True  # registering needs no server; running is not the point here
-    yield shell
-    nb_app.conf.task_always_eager = False
-    shell.run_line_magic("unload_ext", "celerynb")
-    for name in [n for n in nb_app.tasks if n.startswith("notebook.")]:
-        nb_app.tasks.pop(name, None)
-    TerminalInteractiveShell.clear_instance()
-    celerynb.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
+        # Registering needs no server; running is not the point here.
+        patch.setitem(nb_app.conf, "task_always_eager", True)
+        shell = TerminalInteractiveShell.instance()
+        try:
+            shell.run_line_magic("load_ext", "celerynb")
+            yield shell
+        finally:
+            try:
+                shell.run_line_magic("unload_ext", "celerynb")
+            finally:
+                for name in [n for n in nb_app.tasks if n.startswith("notebook.")]:
+                    nb_app.tasks.pop(name, None)
+                TerminalInteractiveShell.clear_instance()
+                celerynb.stop()
 
 
 @FUZZ
@@ -91,14 +102,14 @@ def test_celery_task_cell_bodies_register_completely_or_not_at_all(ip, body):
 
 
 @FUZZ
-@given(value=st.sampled_from([object(), 1 + 2j, echo, Exception("x"), range(3)]))
-def test_payloads_json_cannot_carry_are_named(app, value):
+@given(value=st.sampled_from([object(), 1 + 2j, _echo, Exception("x"), range(3)]))
+def test_payloads_json_cannot_carry_are_named(app, echo, value):
     app.conf.task_always_eager = False
     with pytest.raises(ArgumentNotSerializable, match="argument 'x'"):
         echo.delay(value)
 
 
-def test_map_payloads_json_cannot_carry_are_named_by_item(cluster):
+def test_map_payloads_json_cannot_carry_are_named_by_item(cluster, echo):
     with pytest.raises(ArgumentNotSerializable, match=r"item #2: .*argument 'x'"):
         bulk_map(echo, [1, 2, {3}])
 
@@ -126,7 +137,7 @@ def test_every_displayed_field_is_escaped(name, arg, result, error, status):
         table.close()
 
 
-def test_huge_results_are_shortened_in_every_display(cluster):
+def test_huge_results_are_shortened_in_every_display(cluster, echo):
     big = "x" * 2_000_000 + "<b>"
     result = echo.delay(big)
     display = celerynb.progress(result, widget=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _modules_after(code: str) -> set[str]:
@@ -58,3 +60,23 @@ def test_exported_exceptions_are_the_ones_raised():
 
     assert celerynb.ClusterError is ClusterError and celerynb.BrokerUnreachable is BrokerUnreachable
     assert celerynb.BulkSubmitError is BulkSubmitError
+
+
+def test_importing_test_modules_registers_no_task(tmp_path):
+    """Tests register their own tasks in fixtures (``conftest.registered``), never at import: on
+    celerynb's app, or (through Celery's shared tasks) on every app made afterwards."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from celery import Celery\n"
+        "from celerynb.workers.celery_app import app\n"
+        "before = set(app.tasks)\n"
+        "import test_bulk, test_fuzz\n"
+        "fresh = Celery('fresh')\n"
+        "print(sorted(set(app.tasks) - before), sorted(n for n in fresh.tasks if not n.startswith('celery.')))\n"
+    )
+    # conftest makes its session directory at import: under tmp_path, removed with it.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip().splitlines()[-1] == "[] []"

@@ -53,7 +53,10 @@ def restartable():
 def url(request, valkey):
     if request.param == "valkey":
         yield valkey.url
-        redis_sync.Redis.from_url(valkey.url).flushdb()
+        # This module's own server (started above on a free port with a random password): every
+        # key on it is this module's, so it is emptied whole. A shared server never is (below).
+        with redis_sync.Redis.from_url(valkey.url) as client:
+            client.flushdb()
         return
     if not reachable("127.0.0.1", 6379):
         pytest.skip("Redis 7 on 127.0.0.1:6379 is not reachable")

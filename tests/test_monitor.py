@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import command_calls, commands_sent, wait_for
 
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 
@@ -71,14 +71,24 @@ def test_state_written_before_tracking_is_read_once(cluster, monitor):
 def test_many_tasks_one_thread_few_commands(cluster, monitor):
     from celerynb.workers.tasks import analyze_content
 
-    results = [analyze_content.delay(f"text number {i}") for i in range(200)]
+    n = 200
+    results = [analyze_content.delay(f"text number {i}") for i in range(n)]
     keys_before = monitor.stats["mget_keys"]
+    sweeps_before = monitor.stats["reconciles"]
+    # The embedded server is private to this session: every command it counts is ours.
+    before = command_calls(cluster.broker_url)
     snaps = monitor.wait([r.id for r in results], timeout=60)
+    sent = commands_sent(before, command_calls(cluster.broker_url))
+    sweeps = monitor.stats["reconciles"] - sweeps_before
     assert all(s.state == "SUCCESS" for s in snaps.values())
     monitors = [t for t in threading.enumerate() if t.name.startswith("celerynb-monitor-celerynb")]
     assert len(monitors) == 1, monitors
-    # The initial read is one batched MGET over the new ids, not one GET per task per poll.
-    assert monitor.stats["mget_keys"] - keys_before < 200 * 5
+    # States are pushed: the server read no task key on its own (a GET per task would be n
+    # GETs), and the monitor's reads were one batched MGET over the new ids plus at most one
+    # per reconcile sweep, however many tasks (a poll per task would be n MGETs or more).
+    assert sent.get("get", 0) == 0, sent
+    assert 1 <= sent.get("mget", 0) <= 1 + sweeps, (sent, sweeps)
+    assert monitor.stats["mget_keys"] - keys_before <= n * (1 + sweeps)
     assert not {r.id for r in results} & monitor._unfinished
 
 

@@ -327,11 +327,21 @@ def test_no_password_in_any_repr_or_display(cluster, task_module):
 
 
 def test_saved_notebooks_hold_no_live_password():
-    """Scans whatever tutorial notebooks exist (passes when there are none yet)."""
+    """Every tutorial notebook (each ``NN_*.md`` has its paired ``.ipynb``), outputs included."""
     live = [s.password for s in [__import__("celerynb.cluster.server", fromlist=["x"]).shared_server(start=False)] if s]
-    for path in sorted((ROOT / "notebooks").glob("**/*.ipynb")):
+    folder = ROOT / "notebooks"
+    tutorials = {p.with_suffix(".ipynb").name for p in folder.glob("[0-9][0-9]_*.md")}
+    assert len(tutorials) >= 14, f"expected the 14 tutorials' sources in {folder}, found {sorted(tutorials)}"
+    scanned: set[str] = set()
+    masked = 0
+    for path in sorted(folder.glob("**/*.ipynb")):
         text = path.read_text(errors="replace")
         match = UNMASKED.search(text)
         assert match is None, f"{path.name} holds an unmasked URL: {match.group(0)[:24]}..."
         for password in live:
             assert password not in text, path.name
+        scanned.add(path.name)
+        masked += text.count("redis://:***@")
+    assert tutorials <= scanned, f"tutorial notebooks not scanned (missing): {sorted(tutorials - scanned)}"
+    # The saved outputs do show broker URLs, masked: the check above had URLs to look at.
+    assert masked, "no masked redis:// URL in any saved output: were the outputs stripped?"

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+from conftest import command_calls, commands_sent
 
 from celerynb.tracking import awaiting as results
 from celerynb.tracking.monitor import get_monitor
@@ -60,10 +61,19 @@ def test_gather_thousand_results_uses_batched_reads(cluster):
             ids.append(analyze_content.apply_async((f"t{i} text",), producer=producer, ignore_result=False).id)
     monitor = get_monitor(app)
     keys_before = monitor.stats["mget_keys"]
+    sweeps_before = monitor.stats["reconciles"]
+    # The embedded server is private to this session: every command it counts is ours.
+    before = command_calls(cluster.broker_url)
     values = asyncio.run(results.gather(*ids, timeout=120))
+    sent = commands_sent(before, command_calls(cluster.broker_url))
+    sweeps = monitor.stats["reconciles"] - sweeps_before
     assert len(values) == 1000 and all(v["words"] == 2 for v in values)
-    # One initial read per id plus a few reconcile sweeps: nothing like a poll per task per tick.
-    assert monitor.stats["mget_keys"] - keys_before < 1000 * 10
+    # States are pushed: no task key was read on its own (a GET per task would be 1,000 GETs);
+    # one batched MGET over the ids plus at most one per reconcile sweep (a poll per task
+    # would be 1,000 MGETs or more), each id read once plus once per sweep at most.
+    assert sent.get("get", 0) == 0, sent
+    assert 1 <= sent.get("mget", 0) <= 1 + sweeps, (sent, sweeps)
+    assert monitor.stats["mget_keys"] - keys_before <= 1000 * (1 + sweeps)
 
 
 def test_bad_input_is_one_clear_sentence():
