@@ -238,6 +238,57 @@ def test_unreachable_broker_answers_failed_instead_of_crashing(cluster, app):
     assert counts["failed"] == 1 and counts["accepted"] == 0
 
 
+def test_event_loop_keeps_running_while_a_send_waits_for_a_slow_broker(cluster, app):
+    """A broker that accepts connections and never answers: while the bridge's submit waits for
+    it, other coroutines on the bridge's loop keep running (the send used to block the loop)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody ever reads or answers
+    slow = Celery("slow-broker", broker=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", set_as_current=False)
+    slow.conf.task_publish_retry = False
+    slow.conf.broker_connection_retry = False
+    slow.conf.broker_transport_options = {"max_retries": 0, "socket_timeout": 2, "socket_connect_timeout": 2}
+
+    @slow.task(name="slow.process")
+    def process(document_id, options=None):  # pragma: no cover - never runs
+        return document_id
+
+    names = channels()
+    ticks: list[float] = []
+
+    async def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    async def main():
+        stop = asyncio.Event()
+        async with Listener(app.conf.broker_url, names["acks"], names["results"]) as listener:
+            bridge = asyncio.create_task(redis_celery_bridge(task=process, stop_event=stop, **names))
+            await wait_subscribed(listener.client, names["requests"])
+            counting = asyncio.create_task(ticker())
+            sent = time.monotonic()
+            await listener.client.publish(names["requests"], json.dumps({"document_id": "doc1"}))
+            await until(lambda: listener.results, timeout=60, message="the failure answer")
+            answered = time.monotonic()
+            counting.cancel()
+            stop.set()
+            await asyncio.wait_for(bridge, 30)
+            return sent, answered, listener.results
+
+    try:
+        sent, answered, results = run(main())
+    finally:
+        silent.close()
+    assert results[0]["status"] == "failed" and "could not submit" in results[0]["error"]
+    assert answered - sent >= 1.5, "the broker was not slow: the test proves nothing"
+    during = [t for t in ticks if sent <= t <= answered]
+    gaps = [b - a for a, b in zip([sent, *during], [*during, answered], strict=True)]
+    assert max(gaps) < 0.5, f"the event loop stood still for {max(gaps):.2f} s during the send"
+
+
 def test_bridge_rejects_bad_arguments():
     async def main():
         import threading

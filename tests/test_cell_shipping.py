@@ -244,3 +244,23 @@ def test_worker_on_another_host_runs_cell_tasks(app, netns_host, tmp_path, monke
         app.tasks.pop("notebook.interfaces", None)
         TerminalInteractiveShell.clear_instance()
         server.stop()
+
+
+def test_hard_time_limit_alone_lowers_the_soft_limit(ip):
+    """``--time-limit 5`` below the app's soft limit (3300 s): the cell still runs (every call
+    used to fail with "soft_time_limit must be less than or equal to time_limit")."""
+    ip.run_cell_magic("celery_task", "--time-limit 5", "import os\ndef quick():\n    return os.getpid()\n")
+    task = ip.user_ns["quick"]
+    assert task.delay().get(timeout=30) != os.getpid()
+    assert (task.time_limit, task.soft_time_limit) == (5, 5)
+
+
+def test_hard_time_limit_ends_a_cell_that_runs_too_long_on_a_prefork_worker(ip):
+    """Stopped at its limit instead of returning "woke". Which of the two exceptions it ends
+    with is a race in Celery's prefork pool: with soft == hard it signals the soft limit first
+    and kills 0 s later, and the task may store its SoftTimeLimitExceeded before the kill."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    ip.run_cell_magic("celery_task", "--time-limit 1", "import time\ndef sleepy():\n    time.sleep(5)\n    return 'woke'\n")
+    with pytest.raises((TimeLimitExceeded, SoftTimeLimitExceeded)):
+        ip.user_ns["sleepy"].delay().get(timeout=30)

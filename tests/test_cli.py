@@ -140,6 +140,15 @@ def test_celery_command_with_nothing_running_says_no_broker(no_cluster, command)
     assert "Traceback" not in done.stderr
 
 
+def test_celery_console_script_with_global_options_is_a_celery_command(no_cluster):
+    """The ``celery`` entry point with options before the subcommand: still a celery command,
+    so it says there is no broker instead of starting a private server."""
+    script = str(Path(sys.executable).with_name("celery"))
+    done = run([script, "--app", "celerynb.workers.celery_app", "--quiet", "inspect", "ping"], timeout=60)
+    assert done.returncode != 0
+    assert NO_BROKER in done.stderr, done.stdout + done.stderr
+
+
 def test_foreground_up_stops_cleanly_on_sigint(no_cluster):
     proc = subprocess.Popen(CELERYNB + ["up"], env=_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

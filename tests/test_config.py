@@ -308,14 +308,44 @@ def test_sweep_removes_only_directories_of_owners_that_are_gone(runtime):
         (["/venv/bin/celery", "-A", "app", "worker"], True),
         (["/usr/lib/python3/site-packages/celery/__main__.py", "-A", "app", "beat"], True),
         (["/venv/bin/celery", "-A", "app", "inspect", "ping"], True),
+        (["/venv/bin/celery", "--app=app", "-q", "--skip-checks", "worker", "-l", "INFO"], True),
+        (["/venv/bin/celery", "-b", "redis://h", "-Aapp", "-Cq", "beat"], True),
         (["/venv/bin/ipykernel_launcher.py", "-f", "kernel.json"], False),
         (["/venv/bin/celerynb", "up"], False),
         (["script.py", "worker"], False),
+        (["/venv/lib/python3.11/site-packages/pytest/__main__.py", "-k", "worker"], False),
+        (["/venv/bin/pytest", "tests/test_cluster.py", "-k", "worker and beat"], False),
+        (["/venv/bin/celery", "-A", "worker", "shell"], False),  # an app module named "worker"
+        (["/venv/bin/celery", "-A", "app", "call", "worker"], False),
     ],
 )
 def test_in_celery_command(monkeypatch, argv, expected):
+    import celery.bin.celery  # noqa: F401 - loaded in every real celery command
+
     monkeypatch.setattr(sys, "argv", argv)
     assert config.in_celery_command() is expected
+
+
+def test_pytest_selecting_worker_tests_may_start_the_embedded_server(tmp_path):
+    """``python -m pytest -k worker`` is no ``celery worker``: the first task starts the embedded
+    server as in any other process (it used to be refused with "no broker is configured")."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import celerynb\n"
+        "from celerynb import config\n"
+        "from celerynb.workers import tasks\n\n"
+        "def test_worker_probe():\n"
+        "    assert config.in_celery_command() is False\n"
+        "    try:\n"
+        "        assert tasks.analyze_content.delay('one two').get(timeout=60)['words'] == 2\n"
+        "    finally:\n"
+        "        celerynb.stop()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in BROKER_VARS}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "worker", str(probe)],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
 
 
 # -- resolution into a Celery app ---------------------------------------------------------------

@@ -79,6 +79,8 @@ def test_guide_bridge_runs_as_written(cluster, app):
 
 
 def test_nested_asyncio_is_never_applied_in_a_celery_command(monkeypatch):
+    import celery.bin.celery  # noqa: F401 - loaded in every real celery command
+
     from celerynb.notebook import nested_asyncio as _asyncio_support
 
     monkeypatch.setattr(sys, "argv", ["celery", "-A", "celerynb.workers.celery_app", "worker"])

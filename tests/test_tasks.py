@@ -110,3 +110,42 @@ def test_discovered_worker_process_runs_every_task(discovered_app, discovery_clu
     result = tasks.analyze_content.delay("who ran me")
     result.get(timeout=30)
     assert result.worker in worker_names
+
+
+# -- concurrent calls for one document (issue 16) ---------------------------------------------
+def _fifty_documents_in_parallel() -> None:
+    """50 ``process_document`` calls over doc1-doc3 at once: each must succeed, and every
+    saved output must be whole JSON (no call may see another's temporary file vanish)."""
+    import json
+
+    from celery import group
+
+    from celerynb.workers import documents
+
+    calls = [tasks.process_document.s(f"doc{1 + i % 3}", {"format": "markdown"}) for i in range(50)]
+    outputs = group(calls).apply_async().get(timeout=120)
+    assert [o["document_id"] for o in outputs] == [f"doc{1 + i % 3}" for i in range(50)]
+    for doc in ("doc1", "doc2", "doc3"):
+        saved = json.loads((documents.processed_dir() / f"{doc}.json").read_text(encoding="utf-8"))
+        assert saved["document_id"] == doc
+    assert not list(documents.processed_dir().glob("*.tmp*")), "no temporary file may be left behind"
+
+
+def test_concurrent_calls_for_one_document_on_in_kernel_threads(app):
+    with celerynb.LocalCluster(app, workers=1, pool="threads", concurrency=4) as local:
+        _fifty_documents_in_parallel()
+        assert local.workers[0].pool == "threads"
+
+
+def test_concurrent_calls_for_one_document_on_worker_processes(app):
+    with celerynb.LocalCluster(app, workers=0, processes=4) as local:
+        _fifty_documents_in_parallel()
+        assert len(local.processes) == 1
+
+
+def test_failed_save_leaves_no_temporary_file():
+    from celerynb.workers import documents
+
+    with pytest.raises(TypeError):
+        documents.save_output("doc1", {"not json": object()})
+    assert not list(documents.processed_dir().glob("*.tmp*"))

@@ -74,12 +74,50 @@ def resolve() -> Resolved | None:
     return None
 
 
+#: Celery subcommands that need the configured broker: in them no private server is started.
+_BROKER_COMMANDS = frozenset(("worker", "beat", "inspect", "flower", "events", "control", "status"))
+
+
 def in_celery_command() -> bool:
-    """True inside ``celery worker/beat/...``, where no private server may be started."""
-    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return prog in ("celery", "__main__.py") and any(
-        cmd in sys.argv for cmd in ("worker", "beat", "inspect", "flower", "events", "control", "status")
-    )
+    """True inside ``celery worker/beat/...``, where no private server may be started.
+
+    Decided from evidence, not from a word anywhere in argv (``pytest -k worker`` is no worker):
+    Celery's CLI is loaded, this process was started as ``celery`` or ``python -m celery``, and
+    the subcommand, the first argument after Celery's own global options, is one of those.
+    """
+    cli = sys.modules.get("celery.bin.celery")
+    if cli is None or not sys.argv:
+        return False
+    prog = os.path.abspath(sys.argv[0])
+    if os.path.basename(prog) != "celery" and not prog.endswith(os.path.join("celery", "__main__.py")):
+        return False
+    return _subcommand(cli.celery, sys.argv[1:]) in _BROKER_COMMANDS
+
+
+def _subcommand(group: object, args: list[str]) -> str | None:
+    """The first positional argument of ``args``, skipping ``group``'s (a click group) options
+    and their values, as click itself parses them."""
+    takes_value = {}
+    for param in getattr(group, "params", ()):
+        if getattr(param, "param_type_name", "") == "option":
+            for name in (*param.opts, *param.secondary_opts):
+                takes_value[name] = not (param.is_flag or param.count)
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            return next(rest, None)
+        if arg.startswith("--"):
+            if "=" not in arg and takes_value.get(arg):
+                next(rest, None)
+        elif arg.startswith("-") and len(arg) > 1:
+            for i, letter in enumerate(arg[1:], 1):  # -Cq (flags), -Aapp or -A app (a value)
+                if takes_value.get(f"-{letter}"):
+                    if i == len(arg) - 1:
+                        next(rest, None)
+                    break
+        else:
+            return arg
+    return None
 
 
 _TRUE = ("1", "true", "yes", "on")

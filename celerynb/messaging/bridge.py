@@ -19,6 +19,7 @@ answers to requests. When the bridge stops, tasks still running are answered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from celerynb import config
+from celerynb import _compat, config
 from celerynb.messaging.client import AsyncRedisClient
 from celerynb.messaging.pubsub import RedisPubSub
 from celerynb.tracking.awaiting import wait as results_wait
@@ -97,7 +98,7 @@ class _Bridge:
             return
         base = {**ids, "document_id": document_id}
         try:
-            result = self.task.apply_async((document_id, options))
+            result = await asyncio.to_thread(self._submit, document_id, options)
         except Exception as exc:  # noqa: BLE001 - broker down, bad routing: answer, do not crash
             self.counts["failed"] += 1
             await self.publish(self.results, {**base, "status": "failed", "error": f"could not submit the task: "
@@ -109,6 +110,14 @@ class _Bridge:
         follower = asyncio.get_running_loop().create_task(self._follow(result, base))
         self.followers[follower] = base
         follower.add_done_callback(lambda t: self.followers.pop(t, None))
+
+    def _submit(self, document_id: str, options: dict[str, Any]) -> AsyncResult:
+        """Send the task, in a thread of the loop's executor: a broker that is slow to answer
+        (connecting, an outage until the socket times out) must not stop the event loop.
+        No result subscription per task: the shared monitor reports the end (see ``_wait``)."""
+        app = getattr(self.task, "app", None)
+        with _compat.no_result_subscribe_per_task(app) if app is not None else contextlib.nullcontext():
+            return self.task.apply_async((document_id, options))
 
     async def _follow(self, result: AsyncResult, base: dict[str, Any]) -> None:
         try:
@@ -165,9 +174,9 @@ async def redis_celery_bridge(
 
     Runs until ``stop_event`` is set (then waits up to ``drain_timeout`` seconds for tasks
     already accepted) or until cancelled (then answers those ``abandoned`` at once). Either
-    way it unsubscribes and closes the connections it opened. Tasks are submitted on the event
-    loop, as the guide does (a fraction of a millisecond each; with celerynb's fail-fast broker
-    settings an outage answers ``failed`` within a few seconds).
+    way it unsubscribes and closes the connections it opened. Tasks are submitted in a thread
+    (``asyncio.to_thread``), so that a broker slow to answer never stops the event loop; with
+    celerynb's fail-fast broker settings an outage answers ``failed`` within a few seconds.
 
     Args:
         redis: where requests and answers travel; default: the Celery app's Redis.

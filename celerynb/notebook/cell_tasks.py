@@ -189,6 +189,7 @@ def register(
     tasks = app.tasks  # finalizes the app
     check_name(app, name)
     check_time_limits(app, options)
+    kwargs = task_kwargs(app, options)
     with contextlib.suppress(AttributeError, TypeError):  # a decorator may return a callable object
         func.__module__ = "notebook"
         func.__qualname__ = function
@@ -197,12 +198,28 @@ def register(
         # Celery 5 warns that the per-task ``queue`` attribute (the guide's style) goes away in 6.
         warnings.simplefilter("ignore", CDeprecationWarning)
         base = type("NotebookCellTask", (cells.VersionCheckedTask, app.Task), {})
-        task = app.task(name=name, shared=False, base=base, **options.as_task_kwargs())(func)
+        task = app.task(name=name, shared=False, base=base, **kwargs)(func)
     task._celerynb_source = source
-    task._celerynb_record = cells.make_record(name, function, source, options.as_task_kwargs())
+    task._celerynb_record = cells.make_record(name, function, source, kwargs)
     cells.remember(task)
     _notify_workers(app, name, options.queue)
     return task
+
+
+def task_kwargs(app: Celery, options: TaskOptions) -> dict[str, Any]:
+    """``@app.task`` keywords of a cell, with a soft time limit that fits its hard one.
+
+    A hard limit alone inherits the app's soft limit (celerynb's: 3300 s), and Celery refuses
+    every call whose soft limit exceeds its hard one: below the app's soft limit the cell's
+    soft limit is its hard one, in the kernel and (through the record) on every worker.
+    """
+    kwargs = options.as_task_kwargs()
+    hard = kwargs.get("time_limit")
+    if hard and kwargs.get("soft_time_limit") is None:
+        app_soft = app.conf.task_soft_time_limit
+        if app_soft and app_soft > hard:
+            kwargs["soft_time_limit"] = hard
+    return kwargs
 
 
 def _notify_workers(app: Celery, name: str, queue: str | None) -> None:

@@ -6,10 +6,12 @@ Files, not memory, so that workers in other processes see the same documents.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -100,10 +102,19 @@ def processed_dir() -> Path:
 
 
 def save_output(document_id: str, output: dict[str, Any]) -> Path:
+    """Write atomically: each call writes its own temporary file in the same directory and
+    renames it over the output, so concurrent calls for one document (threads or processes)
+    never rename one another's temporary file away; the last rename wins, whole."""
     path = processed_dir() / f"{_check_id(document_id)}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(output), encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp")  # umask-respecting, unlike mkstemp
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(output))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
