@@ -36,8 +36,16 @@ class Kernel:
     def pid(self) -> int:
         return self.km.provisioner.process.pid
 
-    def run(self, code: str, timeout: float = 60) -> Reply:
-        msg_id = self.kc.execute(code)
+    def run(self, code: str, timeout: float = 60, cell_id: str | None = None) -> Reply:
+        """Execute ``code``; with ``cell_id``, as JupyterLab runs a cell (the id in the metadata)."""
+        if cell_id is None:
+            msg_id = self.kc.execute(code)
+        else:
+            msg = self.kc.session.msg("execute_request", {
+                "code": code, "silent": False, "store_history": True, "user_expressions": {},
+                "allow_stdin": False, "stop_on_error": True}, metadata={"cellId": cell_id})
+            self.kc.shell_channel.send(msg)
+            msg_id = msg["header"]["msg_id"]
         reply = Reply(status="?")
         deadline = time.monotonic() + timeout
         while True:

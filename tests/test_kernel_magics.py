@@ -98,3 +98,24 @@ def test_shutdown_with_running_cluster_is_prompt_and_clean(kernel):
     # status 0 means the kernel finished its own teardown in time.
     assert popen.wait(timeout=10) == 0
     assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
+
+
+FOLLOWERS = ("from celerynb.tracking.monitor import get_monitor\n"
+             "_m = get_monitor()\n"
+             "print(len(_m._listeners), len(_m._tickers))\n")
+
+
+def test_rerunning_a_live_table_cell_replaces_it_instead_of_adding_one(kernel):
+    """Each ``%celery tasks --live`` follows every task until closed: a re-run of its cell closes
+    the earlier table (JupyterLab names the cell in each execution); other cells keep theirs."""
+    assert kernel.run("%load_ext celerynb").status == "ok"
+    assert kernel.run(FOLLOWERS).stdout.split() == ["0", "0"]
+    for _ in range(3):
+        assert kernel.run("%celery tasks --live", cell_id="live-cell").status == "ok"
+    assert kernel.run(FOLLOWERS).stdout.split() == ["1", "1"]
+    assert kernel.run("%celery tasks --live", cell_id="another-cell").status == "ok"
+    assert kernel.run(FOLLOWERS).stdout.split() == ["2", "2"]
+    assert kernel.run("%celery tasks --live", cell_id="live-cell").status == "ok"
+    assert kernel.run(FOLLOWERS).stdout.split() == ["2", "2"]
+    assert kernel.run("%celery tasks --live").status == "ok"  # no cell id (a terminal): kept until closed
+    assert kernel.run(FOLLOWERS).stdout.split() == ["3", "3"]

@@ -157,3 +157,34 @@ def test_tasks_of_a_stopped_cluster_end_lost_instead_of_being_swept_forever(app)
     assert snaps[fresh.id].state == "SUCCESS"
     assert snaps[stranded.id].state == LOST and snaps[stranded.id].info == MOVED_INFO
     assert stranded.id not in mon._unfinished
+
+
+def _monitor_threads(app) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"celerynb-monitor-{app.main}" and t.is_alive()]
+
+
+def test_the_thread_ends_when_nothing_is_followed_and_comes_back_for_new_tasks(monitor, monkeypatch):
+    from celerynb.tracking import loop
+    from celerynb.workers.tasks import analyze_content
+
+    monkeypatch.setattr(loop, "IDLE_EXIT", 0.1)
+    first = analyze_content.delay("a b a")
+    assert monitor.wait([first.id], timeout=30)[first.id].state == "SUCCESS"
+    wait_for(lambda: not _monitor_threads(monitor.app), timeout=10, message="the idle monitor thread to end")
+    second = analyze_content.delay("c d c")
+    assert monitor.wait([second.id], timeout=30)[second.id].state == "SUCCESS"  # a fresh thread follows it
+    assert len(_monitor_threads(monitor.app)) <= 1
+
+
+def test_a_stop_that_timed_out_never_leaves_two_threads(monitor):
+    from celerynb.workers.tasks import generate_report
+
+    busy = generate_report.apply_async(countdown=600)  # keeps something to follow
+    monitor.track([busy.id])
+    wait_for(lambda: monitor.connected, timeout=10, message="the monitor to connect")
+    monitor.stop(timeout=0)  # returns at once: the old thread may still be running
+    later = generate_report.apply_async(countdown=600)
+    monitor.track([later.id])  # starts another
+    wait_for(lambda: len(_monitor_threads(monitor.app)) == 1, timeout=10, message="a single monitor thread")
+    busy.revoke()
+    later.revoke()

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from celerynb import _compat
-from celerynb.display import _views
+from celerynb.display import _views, lifetime
 from celerynb.display.tally import GroupTally
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import outcome
@@ -121,6 +121,7 @@ class ProgressDisplay:
         self.tally = None if self.few else GroupTally(self.ids)
         self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
+        lifetime.adopt(self)  # a re-run of its cell closes it
         self.monitor.track(self.ids)
         if self.tally is not None:
             with self._lock:  # states known before the listener: once, then only changes

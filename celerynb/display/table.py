@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 
 from celerynb import _compat
-from celerynb.display import _views
+from celerynb.display import _views, lifetime
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
@@ -72,6 +72,7 @@ class TaskTable:
         self.sort(sort, descending)
         self._remove_listener = self.monitor.add_listener(self._on_change, None if self.kernel_wide else self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REFRESH_EVERY)
+        lifetime.adopt(self)  # a re-run of its cell closes it
         self._pull_submitted()
         if self.ids:
             self.monitor.track(self.ids)

@@ -23,6 +23,7 @@ def load(ip: Any) -> None:
 
     register_display_formatters(ip)
     enable_submit_log()  # TaskTable() then lists every task sent from this kernel
+    _follow_cells(ip, True)
     _call_optional("celerynb.notebook.nested_asyncio", "enable_nested_asyncio")
 
 
@@ -39,6 +40,7 @@ def unload(ip: Any) -> None:
 
     unregister_display_formatters(ip)
     disable_submit_log()
+    _follow_cells(ip, False)
     _call_optional("celerynb.notebook.nested_asyncio", "disable_nested_asyncio")
 
 
@@ -51,3 +53,15 @@ def _call_optional(module: str, function: str, *args: Any) -> None:
     except (ImportError, AttributeError):
         return
     hook(*args)
+
+
+def _follow_cells(ip: Any, on: bool) -> None:
+    """Re-running a cell closes the live displays its earlier runs made (display.lifetime)."""
+    from celerynb.display import lifetime
+
+    for event, callback in (("pre_run_cell", lifetime.on_pre_run_cell), ("post_run_cell", lifetime.on_post_run_cell)):
+        registered = callback in ip.events.callbacks[event]
+        if on and not registered:
+            ip.events.register(event, callback)
+        elif not on and registered:
+            ip.events.unregister(event, callback)

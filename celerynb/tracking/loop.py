@@ -24,6 +24,9 @@ LISTEN_TIMEOUT = 0.02
 RECONCILE_SLICE = 1000
 #: With one pattern subscription (private server), every this many sweeps reads a slice.
 PATTERN_READ_EVERY = 10
+#: Seconds with nothing unfinished and no display ticking after which the thread ends (and
+#: closes its connection); the next ``track()`` or ticker starts a fresh one.
+IDLE_EXIT = 5.0
 
 
 class MonitorLoop:
@@ -37,17 +40,27 @@ class MonitorLoop:
             self._thread = threading.Thread(target=self._run, name=f"celerynb-monitor-{self.app.main}", daemon=True)
             self._thread.start()
 
+    def _current(self) -> bool:
+        """This thread is still the monitor's (a stop whose join timed out leaves it running)."""
+        return not self._stop.is_set() and self._thread is threading.current_thread()
+
+    def _nothing_to_do(self) -> bool:
+        """Under the lock: nothing to follow; if so the thread is given up (``track`` starts another)."""
+        if self._unfinished or self._tickers:
+            return False
+        self._thread = None
+        return True
+
     def _run(self) -> None:
         backoff = 0.1
-        while not self._stop.is_set():
+        while self._current():
             try:
                 source = BackendSource.open(self.app)
             except Exception as exc:  # noqa: BLE001 - the server may be restarting
                 logger.debug("celerynb monitor cannot connect: %s", exc)
                 self._set_connected(False)
                 with self._lock:
-                    if not self._unfinished and not self._tickers:
-                        self._thread = None  # the next track() starts a fresh thread
+                    if self._nothing_to_do():
                         return
                 self._idle(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -56,7 +69,8 @@ class MonitorLoop:
             self._set_connected(True)
             try:
                 self._after_restart(source)
-                self._serve(source)
+                if self._serve(source) == "idle":
+                    return
                 backoff = 0.1
             except Exception as exc:  # noqa: BLE001 - connection lost: reconnect, resubscribe, reconcile
                 logger.debug("celerynb monitor lost its connection: %s", exc)
@@ -91,7 +105,8 @@ class MonitorLoop:
                 self._wake.clear()
                 return
 
-    def _serve(self, source: BackendSource) -> None:
+    def _serve(self, source: BackendSource) -> str | None:
+        """Follow the tracked tasks on ``source`` until stopped, moved or idle (returns "idle")."""
         url = self._url = source.url
         self._moved = False
         self._pattern = source.mode == "redis" and _private_server(self.app)
@@ -99,8 +114,8 @@ class MonitorLoop:
             source.subscribe_all()
         next_sweep = time.monotonic() + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
         self._reconcile_now = False
-        last_unsub = time.monotonic()
-        while not self._stop.is_set() and not self._moved:
+        last_unsub = idle_since = time.monotonic()
+        while self._current() and not self._moved:
             with self._lock:
                 subscribe, self._to_subscribe = list(self._to_subscribe), set()
                 unsubscribe = []
@@ -129,6 +144,12 @@ class MonitorLoop:
                 self._check_workers()
                 self.stats["reconciles"] += 1
                 next_sweep = now + (self.reconcile_interval if source.mode == "redis" else self.poll_interval)
+            if self._unfinished or self._tickers:
+                idle_since = now
+            elif now - idle_since > IDLE_EXIT:
+                with self._lock:
+                    if self._nothing_to_do():
+                        return "idle"
             if source.mode == "redis":
                 self._listen(source)
             else:
