@@ -82,11 +82,8 @@ def set_celery_current_apps(current: Celery | None, default: Celery | None) -> N
 
 
 def drop_app_connection_caches(app: Celery) -> None:
-    """Forget the connection pool, producer pool and per-thread result backend an app cached.
-
-    ``Celery._pool``, ``AMQP._producer_pool``, ``Celery._backend_cache``, ``Celery._local``
-    (celery 5.7.0) and the cached ``Mailbox.producer_pool`` of ``app.control`` (kombu 5.7.0).
-    """
+    """Forget the pools and per-thread result backend an app cached: ``Celery._pool``, ``AMQP._producer_pool``,
+    ``Celery._backend_cache``, ``Celery._local`` (celery 5.7.0), ``Mailbox.producer_pool`` (kombu 5.7.0)."""
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
@@ -105,11 +102,8 @@ def result_backend_if_created(app: Celery) -> Any:
 
 
 def take_result_pubsub(backend: Any) -> Any:
-    """Detach the Redis result consumer's pub/sub connection and forget its subscriptions.
-
-    ``ResultConsumer._pubsub``, ``subscribed_to`` and ``_pending_unsubscribe`` (celery 5.7.0;
-    5.5 has no ``_pending_unsubscribe``). Returns the pub/sub to close, or None.
-    """
+    """Detach the Redis result consumer's pub/sub (returned, to close; or None) and forget its subscriptions:
+    ``ResultConsumer._pubsub``, ``subscribed_to``, ``_pending_unsubscribe`` (celery 5.7.0; not in 5.5)."""
     consumer = getattr(backend, "result_consumer", None)
     pubsub = getattr(consumer, "_pubsub", None)
     if consumer is None or pubsub is None:
@@ -123,11 +117,8 @@ def take_result_pubsub(backend: Any) -> Any:
 
 
 def drop_kombu_pools(connection: Any) -> list[Any]:
-    """Remove kombu's process-wide connection and producer pools for ``connection``'s URL.
-
-    ``kombu.pools.connections`` / ``producers`` are keyed by ``kombu.utils.collections.eqhash``
-    (kombu 5.7.0). Returns the removed pools, for the caller to close.
-    """
+    """Remove (and return, to close) kombu's process-wide connection and producer pools for ``connection``'s
+    URL: ``kombu.pools.connections`` / ``producers``, keyed by ``kombu.utils.collections.eqhash`` (5.7.0)."""
     from kombu import pools
     from kombu.utils.collections import eqhash
 
@@ -167,11 +158,8 @@ def live_receivers(signal: Any, sender: Any) -> list[Callable[..., Any]] | None:
 
 @contextmanager
 def no_result_subscribe_per_task(app: Celery) -> Iterator[None]:
-    """Skip the Redis result backend's SUBSCRIBE for each published task, in this thread.
-
-    Shadows ``backend.on_task_call`` (celery 5.7.0, ``AsyncBackendMixin``); the backend is
-    thread-local, so other threads are unaffected.
-    """
+    """Skip the Redis result backend's SUBSCRIBE per published task in this thread: shadows the thread-local
+    backend's ``on_task_call`` (celery 5.7.0, ``AsyncBackendMixin``)."""
     backend = app.backend
     if not hasattr(backend, "result_consumer") or "on_task_call" in vars(backend):
         yield
@@ -288,10 +276,8 @@ def queue_expires(channel: Any, queue: str) -> bool:
 
 
 def redis_list_key(channel: Any, queue: str, message: dict[str, Any]) -> str:
-    """The Redis list a message for ``queue`` goes to (priority suffix included).
-
-    ``Channel._q_for_pri`` and ``Channel._get_message_priority`` (kombu 5.7.0).
-    """
+    """The Redis list a message for ``queue`` goes to (priority suffix included): ``Channel._q_for_pri``
+    and ``Channel._get_message_priority`` (kombu 5.7.0)."""
     return channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
 
 
@@ -306,11 +292,8 @@ def json_codec_is(dumps: Callable[..., str]) -> bool:
 
 
 def run_before_thread_join_at_exit(hook: Callable[[], None]) -> None:
-    """Run ``hook`` at interpreter exit before non-daemon threads (``concurrent.futures``) are joined.
-
-    ``threading._register_atexit`` (CPython 3.9-3.13): a plain ``atexit`` hook runs after that
-    join, too late to stop a worker whose pool thread is busy.
-    """
+    """Run ``hook`` at exit before non-daemon threads (``concurrent.futures``) are joined, as a plain ``atexit``
+    hook is not: ``threading._register_atexit`` (CPython 3.9-3.13), to stop a worker whose pool thread is busy."""
     register = getattr(threading, "_register_atexit", None)
     if register is None:
         return
@@ -361,11 +344,8 @@ def subcommand_parser(parser: Any, name: str) -> Any:
 
 
 def unacked_messages(channel: Any) -> dict[str, dict[str, Any]]:
-    """Delivered but unacknowledged messages of kombu's Redis transport, by delivery tag.
-
-    The ``unacked`` hash (``Channel.unacked_key``, kombu 5.7.0) holds ``[message, exchange,
-    routing_key]`` as JSON; kombu itself gives them back only after the visibility timeout.
-    """
+    """Delivered, unacknowledged messages of kombu's Redis transport by delivery tag: the ``unacked`` hash
+    (``Channel.unacked_key``, 5.7.0) of ``[message, exchange, routing_key]``; kombu restores them only late."""
     import json
 
     raw = channel.client.hgetall(channel.unacked_key)
@@ -411,6 +391,27 @@ def route_redis_result_stores(store: Callable[..., bool]) -> None:
 
     _store_result.__wrapped__ = original  # type: ignore[attr-defined]
     RedisBackend._store_result = _store_result
+
+
+def explain_result_timeouts(explain: Callable[[Any, str], str | None]) -> None:
+    """A result's ``get()`` that times out (``AsyncBackendMixin.wait_for_pending``, celery 5.7.0: Redis and
+    RPC backends) raises ``TimeoutError(explain(backend, task_id))``, unchained, when that names a cause."""
+    from celery.backends.asynchronous import AsyncBackendMixin
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    original = getattr(AsyncBackendMixin.wait_for_pending, "__wrapped__", AsyncBackendMixin.wait_for_pending)
+
+    def wait_for_pending(self: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, result, *args, **kwargs)
+        except ResultTimeout:
+            reason = explain(self, result.id)
+            if reason is None:
+                raise
+        raise ResultTimeout(reason) from None
+
+    wait_for_pending.__wrapped__ = original  # type: ignore[attr-defined]
+    AsyncBackendMixin.wait_for_pending = wait_for_pending
 
 
 # -- Celery: running the items of a batch as tasks of their own -------------------------------------

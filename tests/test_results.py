@@ -87,3 +87,23 @@ def test_eager_result_resolves(app):
     app.conf.task_always_eager = True
     r = analyze_content.delay("eager words here")
     assert asyncio.run(results.wait(r, timeout=5))["words"] == 3
+
+
+def test_get_of_an_id_nothing_knows_says_so_in_one_line(cluster):
+    """Celery's own error is a chained traceback saying only "The operation timed out."."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from celerynb.tracking.submitted import enable_submit_log
+    from celerynb.workers.tasks import analyze_content
+
+    enable_submit_log()
+    with pytest.raises(ResultTimeout) as unknown:
+        cluster.app.AsyncResult("no-such-id").get(timeout=1)
+    assert "no task 'no-such-id' is known" in str(unknown.value) and "check the id" in str(unknown.value)
+    assert unknown.value.__cause__ is None and unknown.value.__suppress_context__
+    queued = analyze_content.apply_async(("a b",), countdown=600)  # known: an ordinary timeout
+    try:
+        with pytest.raises(ResultTimeout, match="The operation timed out"):
+            queued.get(timeout=1)
+    finally:
+        queued.revoke()

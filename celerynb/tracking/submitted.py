@@ -79,6 +79,25 @@ def enable_submit_log() -> None:
     from celery.signals import after_task_publish
 
     after_task_publish.connect(on_publish, weak=False, dispatch_uid="celerynb-submit-log")
+    from celerynb import _compat
+
+    _compat.explain_result_timeouts(explain_timeout)
+
+
+def explain_timeout(backend: Any, task_id: str) -> str | None:
+    """Why a result's ``get()`` timed out, when nothing knows its id (None: an ordinary timeout).
+
+    Celery's own error is a long chain saying only that the operation timed out; an id that was
+    never sent from here and that the backend has no record of is most often a mistyped one."""
+    if task_id is None or submitted.get(task_id) is not None:
+        return None
+    try:
+        if backend.get(backend.get_key_for_task(task_id)) is not None:
+            return None
+    except Exception:  # noqa: BLE001 - a backend that cannot say (RPC, unreachable): Celery's error
+        return None
+    return (f"no task {task_id!r} is known: it was not sent from this kernel and the result backend has no "
+            "record of it; check the id (or wait longer, if it was sent elsewhere and is still queued).")
 
 
 def disable_submit_log() -> None:
