@@ -119,3 +119,18 @@ def test_rerunning_a_live_table_cell_replaces_it_instead_of_adding_one(kernel):
     assert kernel.run(FOLLOWERS).stdout.split() == ["2", "2"]
     assert kernel.run("%celery tasks --live").status == "ok"  # no cell id (a terminal): kept until closed
     assert kernel.run(FOLLOWERS).stdout.split() == ["3", "3"]
+
+
+def test_listing_tasks_starts_nothing_and_the_first_task_still_runs(kernel):
+    """``%celery tasks`` in a fresh kernel lists the tasks and starts no server, worker or
+    cluster (it used to start the embedded server through the app's first configuration)."""
+    assert kernel.run("%load_ext celerynb").status == "ok"
+    listing = kernel.run("%celery tasks")
+    assert listing.status == "ok" and "tasks.process_document" in listing.text, listing
+    probe = kernel.run("import celerynb\nfrom celerynb.cluster import server\n"
+                       "(server.shared_server(start=False), celerynb.current())")
+    assert probe.text == "(None, None)", probe
+    assert psutil.Process(kernel.pid).children(recursive=True) == []
+    ran = kernel.run("from celerynb.workers.tasks import analyze_content\n"
+                     "analyze_content.delay('a b a').get(timeout=60)['words']", timeout=120)
+    assert ran.status == "ok" and ran.text == "3", ran  # the first submission resolves and starts it

@@ -110,8 +110,9 @@ class TaskList:
     (``celery.*``, the ``celerynb.*`` batch runners of ``map``) hidden."""
 
     def __init__(self, app: Celery) -> None:
-        app.loader.import_default_modules()  # the app's ``include`` modules define its tasks
-        tasks = [t for name, t in sorted(app.tasks.items()) if not name.startswith(("celery.", "celerynb."))]
+        with urls.without_starting_a_server():  # a listing reads the configuration: nothing to start
+            app.loader.import_default_modules()  # the app's ``include`` modules define its tasks
+            tasks = [t for name, t in sorted(app.tasks.items()) if not name.startswith(("celery.", "celerynb."))]
         self.rows = [
             (t.name, "notebook" if _from_notebook(t) else "package", getattr(t, "queue", None) or "default")
             for t in sorted(tasks, key=lambda t: (not _from_notebook(t), t.name))

@@ -7,7 +7,8 @@ defining tasks starts nothing: the embedded server starts when the app is first 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
@@ -36,6 +37,21 @@ def source_of(app: Celery) -> str | None:
     return getattr(app, "_celerynb_source", None)
 
 
+_without_embedded = 0
+
+
+@contextmanager
+def without_starting_a_server() -> Iterator[None]:
+    """Read the app (its configuration, its tasks) without falling back to the embedded server:
+    an app with nothing configured stays unresolved, and its first submission resolves it."""
+    global _without_embedded
+    _without_embedded += 1
+    try:
+        yield
+    finally:
+        _without_embedded -= 1
+
+
 def on_configure(sender: Celery, **_: object) -> None:
     """``app.on_configure`` receiver.
 
@@ -56,6 +72,8 @@ def resolve_into(app: Celery) -> None:
     if source_of(app) is not None:
         return
     found = config.resolve()
+    if found is None and _without_embedded:
+        return  # a look at the app (``%celery tasks``) starts no server: the first use resolves it
     if found is None:
         if config.in_celery_command() or _embedded_url is None:
             raise ImproperlyConfigured(NO_BROKER)
