@@ -71,7 +71,7 @@ def test_importing_test_modules_registers_no_task(tmp_path):
         "from celery import Celery\n"
         "from celerynb.workers.celery_app import app\n"
         "before = set(app.tasks)\n"
-        "import test_bulk, test_fuzz\n"
+        "import test_bulk, test_fuzz, test_started\n"
         "fresh = Celery('fresh')\n"
         "print(sorted(set(app.tasks) - before), sorted(n for n in fresh.tasks if not n.startswith('celery.')))\n"
     )

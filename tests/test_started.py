@@ -7,28 +7,44 @@ import time
 
 import pytest
 import redis
+from conftest import registered
 
 import celerynb
 from celerynb.workers import started, tasks
 from celerynb.workers.celery_app import app as celerynb_app
 
 
-@celerynb_app.task(name="tests.started.nap")
-def nap(seconds: float) -> float:
+def _nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
 
 
-@celerynb_app.task(bind=True, name="tests.started.report_then_nap")
-def report_then_nap(self, seconds: float) -> float:
+def _report_then_nap(self, seconds: float) -> float:
     self.update_state(state="PROGRESS", meta={"progress": 10})
     time.sleep(seconds)
     return seconds
 
 
-@celerynb_app.task(name="tests.started.tracked", track_started=True)
-def tracked() -> int:
+def _tracked() -> int:
     return 1
+
+
+@pytest.fixture(scope="module")
+def nap():
+    with registered(celerynb_app, _nap, "tests.started.nap") as task:
+        yield task
+
+
+@pytest.fixture(scope="module")
+def report_then_nap():
+    with registered(celerynb_app, _report_then_nap, "tests.started.report_then_nap", bind=True) as task:
+        yield task
+
+
+@pytest.fixture(scope="module")
+def tracked():
+    with registered(celerynb_app, _tracked, "tests.started.tracked", track_started=True) as task:
+        yield task
 
 
 class StateLog:
@@ -72,21 +88,21 @@ def _prepared(task, *args):
     return task_id, lambda: task.apply_async(args, task_id=task_id)
 
 
-def test_quick_task_goes_from_pending_to_success_without_started(cluster, log):
+def test_quick_task_goes_from_pending_to_success_without_started(cluster, log, nap):
     task_id, send = _prepared(nap, 0.0)
     log.follow(task_id)
     send()
     assert log.states("SUCCESS") == ["SUCCESS"]
 
 
-def test_task_running_longer_reports_started_with_its_worker(cluster, log):
+def test_task_running_longer_reports_started_with_its_worker(cluster, log, nap):
     task_id, send = _prepared(nap, started.STARTED_AFTER * 6)
     log.follow(task_id)
     send()
     assert log.states("SUCCESS") == ["STARTED", "SUCCESS"]
 
 
-def test_own_progress_report_is_never_overwritten_by_a_late_started(cluster, log):
+def test_own_progress_report_is_never_overwritten_by_a_late_started(cluster, log, report_then_nap):
     # PROGRESS at once, then running well past STARTED_AFTER: a STARTED must not follow it.
     task_id, send = _prepared(report_then_nap, started.STARTED_AFTER * 4)
     log.follow(task_id)
@@ -110,7 +126,7 @@ def test_worker_process_defers_started_too(app):
             log.close()
 
 
-def test_explicit_track_started_keeps_celerys_immediate_write(cluster, log):
+def test_explicit_track_started_keeps_celerys_immediate_write(cluster, log, tracked):
     task_id, send = _prepared(tracked)
     log.follow(task_id)
     send()
