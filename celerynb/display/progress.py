@@ -101,10 +101,12 @@ class WidgetProgress(ProgressDisplay):
 
     # -- output ----------------------------------------------------------------------------
     def _bundle(self, final: bool) -> dict[str, Any]:
+        """The widget while tasks run; once final, only static HTML and text: JupyterLab prefers a
+        widget view to the HTML beside it and shows "model not found" for it in a saved notebook."""
+        if final:
+            return {"text/plain": self.text(), "text/html": self.summary_html()}
         data = _compat.widget_mimebundle(self.box)
         data["text/plain"] = self.text()
-        if final:
-            data["text/html"] = self.summary_html()
         return data
 
     def show(self) -> WidgetProgress:

@@ -1,9 +1,10 @@
 """``celerynb.TaskTable``: a live table of given results, or of every task this kernel submits.
 
 Rows come from the shared monitor (no polling of its own) and the submit log (names and
-argument reprs as published). The live widget redraws at most twice a second, so submitting
-thousands of tasks with a table on screen costs almost nothing. Its HTML comes from an
-autoescaped template (``templates/task_table.html.j2``).
+argument reprs as published). A shown table is plain HTML that the monitor's ticker replaces
+(``update_display_data``) at most twice a second, so submitting thousands of tasks with a table
+on screen costs almost nothing, and a saved notebook keeps its last picture. Its HTML comes from
+an autoescaped template (``templates/task_table.html.j2``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 from celery import Celery
 
-from celerynb import _compat
 from celerynb.display import _views, lifetime
+from celerynb.display._base import attached_to, current_parent
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
@@ -66,7 +67,10 @@ class TaskTable:
         self._seen_count = 0
         self._started: dict[str, float] = {}
         self._ended: dict[str, float] = {}
-        self._widget: Any = None
+        self.html = ""  # the picture last shown
+        self._live = False  # shown in a live front end: redrawn by the monitor's ticker
+        self._display_id: str | None = None
+        self._parent: dict | None = None
         self._dirty = True
         self.filter(states)
         self.sort(sort, descending)
@@ -181,26 +185,35 @@ class TaskTable:
 
     def _on_tick(self) -> None:
         self._pull_submitted()
-        if self._widget is not None and self._dirty:
+        if self._live and self._dirty:
             self._dirty = False
             html = self._repr_html_()
-            if self._widget.value != html:
-                self._widget.value = html
+            if html != self.html:
+                self.html = html
+                self._publish()
+
+    def _bundle(self) -> dict[str, Any]:
+        return {"text/plain": repr(self), "text/html": self.html}
+
+    def _publish(self) -> None:
+        """Replace the shown output (every place it is shown) with the current picture."""
+        if self._display_id is None:
+            return
+        from IPython.display import update_display
+
+        with attached_to(self._parent):
+            update_display(self._bundle(), raw=True, display_id=self._display_id)
 
     def _ipython_display_(self) -> None:
+        """Plain HTML under a display id, replaced as tasks move: no widget, so what a saved
+        notebook holds is the last picture, readable anywhere (Lab, nbconvert, GitHub)."""
         from IPython.display import display
 
         from celerynb.display.progress import widgets_available
 
-        if not widgets_available():
-            display({"text/plain": repr(self), "text/html": self._repr_html_()}, raw=True)
+        self.html = self._repr_html_()
+        if not widgets_available():  # CI, a script: one deterministic picture
+            display(self._bundle(), raw=True)
             return
-        import ipywidgets as w
-
-        if self._widget is None:
-            self._widget = w.HTML(self._repr_html_())
-            self._widget.add_class("celerynb-task-table")
-        data = _compat.widget_mimebundle(self._widget)
-        data["text/plain"] = repr(self)
-        data["text/html"] = self._repr_html_()
-        display(data, raw=True)
+        handle = display(self._bundle(), raw=True, display_id=self._display_id or True)
+        self._display_id, self._parent, self._live = handle.display_id, current_parent(), True

@@ -28,6 +28,14 @@ STYLE_COLORS: Mapping[str, str] = MappingProxyType({
 })
 
 
+#: Bar fills as plain colours: JupyterLab's sanitizer drops ``var(...)`` values from the HTML of
+#: a notebook it does not trust (one saved elsewhere), and a bar without its fill shows nothing.
+#: Mid tones, readable on the light and the dark theme alike.
+BAR_FILLS: Mapping[str, str] = MappingProxyType({
+    "success": "#43a047", "danger": "#e53935", "warning": "#fb8c00", "info": "#1e88e5", "": "#9e9e9e",
+})
+
+
 @dataclass(frozen=True)
 class Theme:
     """CSS for ``style`` attributes: declarations (``text``, ``muted``, ``card``) and colours."""
@@ -40,13 +48,18 @@ class Theme:
     card: str = _TEXT + (
         " border: 1px solid var(--jp-border-color2, #ddd);border-radius: 4px; padding: 6px 10px; display: inline-block;"
     )
-    #: The empty part of a progress bar.
-    track: str = "var(--jp-layout-color2, #eee)"
+    #: The empty part of a progress bar (plain, as the fills: see :data:`BAR_FILLS`).
+    track: str = "rgba(128, 128, 128, 0.25)"
     colors: Mapping[str, str] = field(default_factory=lambda: STYLE_COLORS)
+    fills: Mapping[str, str] = field(default_factory=lambda: BAR_FILLS)
 
     def color(self, style: str) -> str:
-        """The colour of a bar style; an unknown one reads as ``info`` (running)."""
+        """The text colour of a bar style; an unknown one reads as ``info`` (running)."""
         return self.colors.get(style, self.colors["info"])
+
+    def fill(self, style: str) -> str:
+        """The bar fill of a bar style; an unknown one reads as ``info`` (running)."""
+        return self.fills.get(style, self.fills["info"])
 
 
 THEME = Theme()
