@@ -334,12 +334,6 @@ def unproxied(task: Any) -> Any:
     return task if resolve is None else resolve()
 
 
-def subcommand_parser(parser: Any, name: str) -> Any:
-    """The sub-parser of an ``argparse`` subcommand, for its ``--help``: ``ArgumentParser._subparsers`` (3.11-3.13)."""
-    group = parser._subparsers
-    return group._group_actions[0].choices.get(name) if group is not None else None
-
-
 # -- kombu: messages a dead worker held ------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ They run against the installed versions, on a real embedded server where a shim 
 
 from __future__ import annotations
 
-import argparse
 import threading
 import uuid
 
@@ -326,15 +325,6 @@ def test_widget_mimebundle_is_the_widget_view():
     ipywidgets = pytest.importorskip("ipywidgets")
     bundle = _compat.widget_mimebundle(ipywidgets.IntProgress(value=3))
     assert "application/vnd.jupyter.widget-view+json" in bundle and "text/plain" in bundle
-
-
-def test_subcommand_parser_finds_a_subcommand():
-    parser = argparse.ArgumentParser(prog="%celery")
-    sub = parser.add_subparsers(dest="command")
-    start = sub.add_parser("start")
-    assert _compat.subcommand_parser(parser, "start") is start
-    assert _compat.subcommand_parser(parser, "nope") is None
-    assert _compat.subcommand_parser(argparse.ArgumentParser(), "start") is None
 
 
 def test_the_declared_range_starts_at_the_versions_the_shims_were_checked_on():

@@ -293,3 +293,28 @@ def test_question_mark_help_lists_options(ip):
     for option in ("--bind", "--queue", "--max-retries", "--rate-limit", "--soft-time-limit", "--acks-late"):
         assert option in text
     assert "%celery connect URL|auto" in text and "%celery use APP" in text
+
+
+def test_help_of_a_subcommand_is_printed_once(ip, capsys):
+    ip.run_line_magic("celery", "start --help")
+    assert capsys.readouterr().out.count("usage: %celery start") == 1
+
+
+def test_an_unknown_cell_option_names_the_magic_and_the_help(ip):
+    with pytest.raises(UsageError, match=r"^%%celery_task: unrecognized arguments: --nope\. See %%celery_task\?"):
+        ip.run_cell_magic("celery_task", "--nope", "def f():\n    pass\n")
+
+
+def test_restart_takes_the_start_options_and_keeps_the_others(ip, app):
+    import celerynb
+
+    ip.run_line_magic("celery", "start --concurrency 2")
+    try:
+        ip.run_line_magic("celery", "restart --workers 2")
+        running = celerynb.current()
+        assert len(running.workers) == 2 and all(w.concurrency == 2 for w in running.workers)
+        with pytest.raises(UsageError, match="invalid choice"):
+            ip.run_line_magic("celery", "restart --pool nope")
+        assert celerynb.current() is running  # a refused restart changes nothing
+    finally:
+        ip.run_line_magic("celery", "stop")

@@ -10,7 +10,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from celerynb import _compat, config
+from celerynb import config
 from celerynb.cluster import apps, local, session
 from celerynb.display import eager as eager_display
 from celerynb.display.status import ClusterStatus, TaskList
@@ -45,19 +45,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: What ``%celery start`` starts when no option says otherwise.
+START_DEFAULTS = {"workers": 1, "concurrency": 4, "pool": "threads", "queues": None, "processes": 0, "beat": False}
+
+
+def _start_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    """The options of ``start``; for ``restart`` (``defaults`` None) an option not given keeps its value."""
+    d = defaults or {}
+    parser.add_argument("--workers", type=_positive_int, default=d.get("workers"), help="in-kernel workers (default 1)")
+    parser.add_argument("--concurrency", type=_positive_int, default=d.get("concurrency"),
+                        help="threads per worker (default 4)")
+    parser.add_argument("--pool", choices=("threads", "solo"), default=d.get("pool"))
+    parser.add_argument("--queues", default=None, help="comma-separated queues (default: all the app declares)")
+    parser.add_argument("--processes", type=_positive_int, default=d.get("processes"),
+                        help="slots in a `celery worker` process (one prefork worker, N children)")
+    parser.add_argument("--beat", action="store_true", default=d.get("beat"), help="run the app's beat_schedule in the kernel")
+
+
+def _options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The cluster options ``args`` gives (None where not given)."""
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return dict(workers=args.workers, concurrency=args.concurrency, pool=args.pool, queues=queues,
+                processes=args.processes, beat=args.beat)
+
+
 def _celery_parser() -> _ArgumentParser:
     parser = _ArgumentParser(prog="%celery", add_help=False)
     sub = parser.add_subparsers(dest="command", parser_class=_ArgumentParser)
     sub.add_parser("status", help="show the cluster: broker, mode, workers, queues, notebook tasks")
-    start = sub.add_parser("start", help="start the local cluster (embedded server + in-kernel workers)")
-    start.add_argument("--workers", type=_positive_int, default=1, help="in-kernel workers (default 1)")
-    start.add_argument("--concurrency", type=_positive_int, default=4, help="threads per worker (default 4)")
-    start.add_argument("--pool", choices=("threads", "solo"), default="threads")
-    start.add_argument("--queues", default=None, help="comma-separated queues (default: all the app declares)")
-    start.add_argument("--processes", type=_positive_int, default=0, help="slots in a `celery worker` process (one prefork worker, N children)")
-    start.add_argument("--beat", action="store_true", help="run the app's beat_schedule in the kernel")
+    _start_options(sub.add_parser("start", help="start the local cluster (embedded server + in-kernel workers)"),
+                   START_DEFAULTS)
     sub.add_parser("stop", help="stop the local cluster")
-    sub.add_parser("restart", help="stop, then start with the same options")
+    _start_options(sub.add_parser("restart", help="stop, then start with the same options but those given"), None)
     connect = sub.add_parser("connect", help="use an external broker URL, or `auto` for a running `celerynb up`")
     connect.add_argument("url", help="redis://..., amqp://... or auto")
     connect.add_argument("--backend", default=None, help="result backend URL (default: the broker for Redis)")
@@ -109,6 +128,8 @@ class CeleryMagics(Magics):
             args = parse_argstring(self.celery_task, line)
         except ValueError as exc:  # shlex: an unbalanced quote
             raise UsageError(f"%%celery_task: {exc} in the options; check the quotes.") from None
+        except UsageError as exc:  # IPython's argument parser: an unknown option, a missing value
+            raise UsageError(f"%%celery_task: {exc}. See %%celery_task? for the options.") from None
         options = cell_tasks.TaskOptions(
             name=args.name, bind=args.bind, queue=args.queue, max_retries=args.max_retries,
             default_retry_delay=args.default_retry_delay, rate_limit=args.rate_limit,
@@ -179,9 +200,7 @@ class CeleryMagics(Magics):
             )
         try:
             args = parser.parse_args(words)
-        except _HelpShown:
-            sub = _compat.subcommand_parser(parser, words[0])
-            print((sub or parser).format_help())
+        except _HelpShown:  # argparse printed the help already
             return None
         return getattr(self, f"_cmd_{args.command}")(args)
 
@@ -189,9 +208,7 @@ class CeleryMagics(Magics):
         return ClusterStatus(_current_app(), local.current(), ask_workers=True)
 
     def _cmd_start(self, args: argparse.Namespace) -> ClusterStatus:
-        queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-        options = dict(workers=args.workers, concurrency=args.concurrency, pool=args.pool,
-                       queues=queues, processes=args.processes, beat=args.beat)
+        options = _options_of(args)
         running = local.current()
         if running is not None:
             raise UsageError("%celery start: a cluster is already running; use %celery restart to change options.")
@@ -214,8 +231,15 @@ class CeleryMagics(Magics):
             print("Stopped the celerynb cluster.")
 
     def _cmd_restart(self, args: argparse.Namespace) -> ClusterStatus:
+        before = dict(self._start_options)
+        options = {**before, **{k: v for k, v in _options_of(args).items() if v is not None}}
         session.stop()
-        local.LocalCluster(_current_app(), **self._start_options).start()
+        try:
+            local.LocalCluster(_current_app(), **options).start()
+        except Exception as exc:  # noqa: BLE001 - the cluster it had comes back
+            local.LocalCluster(_current_app(), **before).start()
+            raise UsageError(f"%celery restart: {config.mask_text(str(exc))} The cluster runs as before.") from None
+        self._start_options = options
         return ClusterStatus(_current_app(), local.current())
 
     def _cmd_connect(self, args: argparse.Namespace) -> ClusterStatus:
