@@ -291,3 +291,40 @@ def test_notebook_text_twin_end_to_end(tmp_path):
         "tasks.risky_task:   0% |                    | FAILURE PermanentError: cannot process 'fail'",
     ]
     assert "application/vnd.jupyter.widget-view+json" not in shown.data
+
+
+# -- the aggregate bar and the progress formats users emit ---------------------------------------
+def test_the_aggregate_bar_follows_its_tasks_own_progress():
+    """Eight tasks at 40-73% are not an empty bar waiting for the first to end (big and small displays)."""
+    from celerynb.display import _views
+    from celerynb.display.tally import GroupTally
+    from celerynb.tracking.snapshot import TaskSnapshot
+
+    ids = [f"t{i}" for i in range(8)]
+    snaps = [TaskSnapshot(tid, "PROGRESS", {"progress": 40 + i * 4.7}) for i, tid in enumerate(ids)]
+    tally = GroupTally(ids)
+    for snap in snaps:
+        tally.update(snap)
+    expected = sum(40 + i * 4.7 for i in range(8)) / 8
+    assert tally.view().percent == pytest.approx(expected) and tally.view().done == 0
+    assert _views.group_view([_views.task_view(s) for s in snaps]).percent == pytest.approx(expected)
+    tally.update(TaskSnapshot("t0", "SUCCESS", 1))  # its 40% becomes 100%, counted once
+    assert tally.view().percent == pytest.approx((100 + sum(40 + i * 4.7 for i in range(1, 8))) / 8)
+    tally.update(TaskSnapshot("t1", "FAILURE", {"exc_type": "ValueError", "exc_message": ["x"]}))
+    assert tally.view().percent == pytest.approx((200 + sum(40 + i * 4.7 for i in range(2, 8))) / 8)
+
+
+@pytest.mark.parametrize("state, info, percent, detail", [
+    ("PROGRESS", {"progress": 30, "status": "reading"}, 30, "PROGRESS 30% reading"),  # the guide's
+    ("PROGRESS", {"current": 3, "total": 12}, 25, "PROGRESS 25%"),
+    ("PROGRESS", {"pending": False, "current": 3, "total": 10, "percent": 30.0,  # celery-progress
+                  "description": "chunk 3"}, 30, "PROGRESS 30% chunk 3"),
+    ("PROGRESS", {"progress": 0.5}, 50, "PROGRESS 50%"),  # a fraction
+    ("IN_PROGRESS", {"percent": 70, "message": "almost"}, 70, "IN_PROGRESS 70% almost"),  # a state of one's own
+])
+def test_progress_reports_in_the_formats_users_emit(state, info, percent, detail):
+    from celerynb.display import _views
+    from celerynb.tracking.snapshot import TaskSnapshot
+
+    view = _views.task_view(TaskSnapshot("t", state, info, name="job"))
+    assert view.percent == pytest.approx(percent) and view.detail == detail

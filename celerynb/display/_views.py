@@ -63,13 +63,26 @@ class GroupView:
         return self.done == self.total
 
 
+#: The keys of a progress report that are read, in order: ``progress`` (the guide's, in %; a
+#: float between 0 and 1 is a fraction), ``percent`` (celery-progress), then ``current``/``total``.
+PERCENT_KEYS = ("progress", "percent")
+#: Text shown next to it: the guide's ``status``, celery-progress's ``description``, a ``message``.
+STATUS_KEYS = ("status", "description", "message")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def progress_percent(info: Any) -> float | None:
-    """The guide's PROGRESS meta: ``progress`` in %, else ``current``/``total``."""
+    """A task's own progress report in %: see :data:`PERCENT_KEYS` (None: not a progress report)."""
     if not isinstance(info, dict):
         return None
-    value = info.get("progress")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return max(0.0, min(100.0, float(value)))
+    for key in PERCENT_KEYS:
+        value = info.get(key)
+        if _number(value):
+            value = float(value) * (100.0 if key == "progress" and isinstance(value, float) and 0 < value < 1 else 1)
+            return max(0.0, min(100.0, value))
     current, total = info.get("current"), info.get("total")
     if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
         return max(0.0, min(100.0, 100.0 * current / total))
@@ -95,11 +108,13 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
     error = ""
     if state == states.SUCCESS:
         percent = 100.0
-    elif state == "PROGRESS":
+    elif state == "PROGRESS" or (state not in states.ALL_STATES and progress_percent(snap.info) is not None):
+        # The guide's PROGRESS, or a state of the task's own (IN_PROGRESS, ...) carrying a report.
         found = progress_percent(snap.info)
         percent = previous if found is None else found
-        status = snap.info.get("status") if isinstance(snap.info, dict) else None
-        detail = f"PROGRESS {percent:.0f}%" + (f" {status}" if status else "")
+        info = snap.info if isinstance(snap.info, dict) else {}
+        status = next((info[k] for k in STATUS_KEYS if isinstance(info.get(k), str) and info[k]), None)
+        detail = f"{state} {percent:.0f}%" + (f" {status}" if status else "")
     elif state == states.RETRY:
         attempt = (snap.retries or 0) + 1
         error = error_text(snap.info)
@@ -132,11 +147,16 @@ def group_view(views: list[TaskView]) -> GroupView:
         counts[view.state] = counts.get(view.state, 0) + 1
     failed = [v for v in views if v.state in (states.FAILURE, states.REJECTED, LOST)]
     redelivered = sum(1 for v in views if "(redelivered " in v.detail)
-    return aggregate(counts, len(views), sum(1 for v in views if v.ready), failed[:5], redelivered)
+    partial = sum(v.percent for v in views if not v.ready)
+    return aggregate(counts, len(views), sum(1 for v in views if v.ready), failed[:5], redelivered, partial)
 
 
-def aggregate(counts: dict[str, int], total: int, done: int, failures: list[TaskView], redelivered: int) -> GroupView:
-    """The aggregate bar from counts per state (shared by :func:`group_view` and the tally)."""
+def aggregate(counts: dict[str, int], total: int, done: int, failures: list[TaskView], redelivered: int,
+              partial: float = 0.0) -> GroupView:
+    """The aggregate bar from counts per state (shared by :func:`group_view` and the tally).
+
+    ``partial`` is the sum of the unfinished tasks' own percentages: eight tasks halfway through
+    make a half-full bar, not an empty one that waits for the first to end."""
     ordered = {s: counts[s] for s in STATE_ORDER if counts.get(s)}
     ordered.update({s: n for s, n in counts.items() if s not in ordered and n})
     if done < total:
@@ -147,7 +167,7 @@ def aggregate(counts: dict[str, int], total: int, done: int, failures: list[Task
         style = "warning"
     else:
         style = "success"
-    percent = 100.0 * done / total if total else 100.0
+    percent = min(100.0, (100.0 * done + partial) / total) if total else 100.0
     return GroupView(total=total, done=done, percent=percent, bar_style=style, counts=ordered, failures=failures,
                      redelivered=redelivered)
 

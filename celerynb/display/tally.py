@@ -41,6 +41,8 @@ class GroupTally:
         self._failures: dict[str, _views.TaskView] = {}
         self._running: dict[str, _views.TaskView] = {}
         self._redelivered: set[str] = set()
+        self._percent: dict[str, float] = {}  # unfinished tasks' own progress, summed in partial
+        self.partial = 0.0
 
     def update(self, snap: TaskSnapshot, name: str | None = None) -> bool:
         """Apply one task's new snapshot; False when it changes nothing shown."""
@@ -58,6 +60,7 @@ class GroupTally:
                 del self.counts[old]
             self.counts[new] += 1
             self.done += is_ready(new) - is_ready(old)
+        percent = 0.0
         if new in FAILED:
             self._failures[tid] = _views.task_view(snap, 0.0, name)
             self._running.pop(tid, None)
@@ -65,7 +68,11 @@ class GroupTally:
             self._running.pop(tid, None)
             self._failures.pop(tid, None)
         else:
-            self._running[tid] = _views.task_view(snap, 0.0, name)
+            view = self._running[tid] = _views.task_view(snap, 0.0, name)
+            percent = view.percent
+        self.partial += percent - self._percent.pop(tid, 0.0)
+        if percent:
+            self._percent[tid] = percent
         return True
 
     @property
@@ -81,4 +88,4 @@ class GroupTally:
 
     def view(self) -> _views.GroupView:
         failed = heapq.nsmallest(FAILURES_SHOWN, self._failures.values(), key=lambda v: self._index[v.task_id])
-        return _views.aggregate(self.counts, self.total, self.done, failed, len(self._redelivered))
+        return _views.aggregate(self.counts, self.total, self.done, failed, len(self._redelivered), self.partial)
