@@ -134,3 +134,28 @@ def test_listing_tasks_starts_nothing_and_the_first_task_still_runs(kernel):
     ran = kernel.run("from celerynb.workers.tasks import analyze_content\n"
                      "analyze_content.delay('a b a').get(timeout=60)['words']", timeout=120)
     assert ran.status == "ok" and ran.text == "3", ran  # the first submission resolves and starts it
+
+
+LOGGING_TASK = (
+    "%%celery_task\n"
+    "def noisy(x):\n"
+    "    import logging\n"
+    "    logging.getLogger('tutorial').error('Task failed: %s', x)\n"
+    "    return x\n"
+)
+
+
+def test_what_a_task_logs_goes_to_the_worker_log_not_the_cell(kernel):
+    """The guide's ``logger.error`` in a task on the in-kernel worker printed a red box in the cell."""
+    assert kernel.run("%load_ext celerynb").status == "ok"
+    assert kernel.run(LOGGING_TASK).status == "ok"
+    ran = kernel.run("noisy.delay('never works').get(timeout=60)", timeout=120)
+    assert ran.status == "ok" and "Task failed" not in ran.stderr, ran
+    logs = kernel.run("import celerynb, pathlib\n"
+                      "print(any('Task failed: never works' in p.read_text() "
+                      "for p in pathlib.Path(celerynb.current().log_dir).iterdir() if p.is_file()))")
+    assert logs.stdout.strip() == "True", logs
+    own = kernel.run("import logging\nlogging.getLogger('tutorial').error('the cell says so')")
+    assert "the cell says so" in own.stderr  # the cell's own logging is untouched
+    eager = kernel.run("noisy('called here')")
+    assert "Task failed: called here" in eager.stderr  # a task called in the cell logs in the cell

@@ -1,20 +1,67 @@
-"""Celery's logs go to a file while a local cluster runs: a background worker must never print
-into a cell (its output would land in whichever cell runs at the time)."""
+"""Worker logs go to a file while a local cluster runs: a background worker must never print
+into a cell (its output would land in whichever cell runs at the time).
+
+That is Celery's own ``celery`` logger, and every record logged while a task runs in this
+process (the in-kernel workers), whatever its logger: a task's ``logging.getLogger("mine")``
+would otherwise reach the cell as a red stderr box through Python's last-resort handler.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from celery import current_task
+
+from celerynb import _compat
+
 _FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s"
 
 
+def _in_a_task() -> bool:
+    """A worker runs a task in this thread (not a task called in the cell, nor an eager one)."""
+    task = _compat.unproxied(current_task)
+    if task is None:
+        return False
+    request = task.request
+    return not (request.called_directly or request.is_eager)
+
+
+class _NotFromTasks(logging.Filter):
+    """On the root logger's own handlers: what a task logs goes to the worker log instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _in_a_task()
+
+
+class _TaskRecords(logging.Handler):
+    """On the root logger: a task's records to the worker log file; any other record as Python
+    would treat it with this handler absent (the last-resort handler, when the root has no other)."""
+
+    def __init__(self, file_handler: logging.Handler) -> None:
+        super().__init__()
+        self.file_handler = file_handler
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if _in_a_task():
+            self.file_handler.handle(record)
+        elif logging.root.handlers == [self] and logging.lastResort and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() does it all
+        pass
+
+
 class WorkerLogFile:
-    """The ``celery`` logger routed to ``path`` at INFO, and put back as it was by :meth:`detach`."""
+    """The ``celery`` logger and tasks' records routed to ``path`` at INFO; :meth:`detach` puts
+    everything back as it was."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._handler: logging.Handler | None = None
         self._saved: tuple[int, bool] | None = None
+        self._tasks: _TaskRecords | None = None
+        self._filter = _NotFromTasks()
 
     def attach(self) -> WorkerLogFile:
         handler = logging.FileHandler(self.path, encoding="utf-8")
@@ -26,10 +73,19 @@ class WorkerLogFile:
         celery_logger.setLevel(logging.INFO)
         celery_logger.propagate = False
         self._handler = handler
+        for existing in logging.root.handlers:
+            existing.addFilter(self._filter)
+        self._tasks = _TaskRecords(handler)
+        logging.root.addHandler(self._tasks)
         return self
 
     def detach(self) -> None:
         celery_logger = logging.getLogger("celery")
+        if self._tasks is not None:
+            logging.root.removeHandler(self._tasks)
+            self._tasks = None
+        for existing in logging.root.handlers:
+            existing.removeFilter(self._filter)
         if self._handler is not None:
             celery_logger.removeHandler(self._handler)
             self._handler.close()
