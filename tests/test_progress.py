@@ -278,7 +278,8 @@ def test_notebook_widgets_end_to_end(tmp_path):
     assert any(b["bar_style"] == "danger" for b in bars)
     # The display formatter: a bare AsyncResult as the last line shows a progress display.
     last = [o for o in cells[7].outputs if o.output_type in ("display_data", "execute_result")]
-    assert last and "application/vnd.jupyter.widget-view+json" in last[0].data
+    assert last and ("application/vnd.jupyter.widget-view+json" in last[0].data  # still running at the end
+                     or "celerynb-progress-summary" in last[0].data.get("text/html", ""))  # or final
 
 
 @pytest.mark.slow
@@ -328,3 +329,26 @@ def test_progress_reports_in_the_formats_users_emit(state, info, percent, detail
 
     view = _views.task_view(TaskSnapshot("t", state, info, name="job"))
     assert view.percent == pytest.approx(percent) and view.detail == detail
+
+
+@pytest.mark.slow
+def test_a_display_nobody_waited_on_is_saved_final_by_nbclient(tmp_path):
+    """The task ends while a later cell runs: nbclient records only that cell's messages, so the
+    final update must go out as one of them (it still replaces the first cell's output by id)."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (
+        "import celerynb\nfrom celerynb.workers.tasks import long_process\n"
+        "r = long_process.delay(list(range(10)), 0.1)\ncelerynb.progress(r)",
+        "r.get(timeout=60)['status']",  # the task ends during this cell (or just before it)
+        "import time\ntime.sleep(1)",
+    )]
+    env = dict(os.environ, CELERYNB_NONINTERACTIVE="0")  # widgets even under CI=true
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(env=env, cwd=str(tmp_path))
+    (shown,) = [o for o in nb.cells[0].outputs if o.output_type == "display_data"]
+    assert shown.data["text/plain"] == "tasks.long_process: 100% |####################| SUCCESS"
+    assert "application/vnd.jupyter.widget-view+json" not in shown.data

@@ -59,7 +59,8 @@ class TaskPool(ThreadTaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor.shutdown(wait=False)  # made by the parent, no thread started yet
-        self.executor = ThreadPoolExecutor(max_workers=self.limit, initializer=self._adopt_app)
+        self.executor = ThreadPoolExecutor(max_workers=self.limit, initializer=self._adopt_app,
+                                           thread_name_prefix="celerynb-pool")  # its logs: the worker log
 
     def _adopt_app(self) -> None:
         if self.app is not None:

@@ -1,9 +1,10 @@
 """Worker logs go to a file while a local cluster runs: a background worker must never print
 into a cell (its output would land in whichever cell runs at the time).
 
-That is Celery's own ``celery`` logger, and every record logged while a task runs in this
-process (the in-kernel workers), whatever its logger: a task's ``logging.getLogger("mine")``
-would otherwise reach the cell as a red stderr box through Python's last-resort handler.
+That is Celery's own ``celery`` logger, and every record logged by a worker's threads or while
+a task runs in this process (the in-kernel workers), whatever its logger: a task's
+``logging.getLogger("mine")`` or kombu's would otherwise reach a cell as a red stderr box
+through Python's last-resort handler.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from celerynb import _compat
 _FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s"
 
 
-def _in_a_task() -> bool:
-    """A worker runs a task in this thread (not a task called in the cell, nor an eager one)."""
+def _from_a_worker(record: logging.LogRecord) -> bool:
+    """Logged by a worker's thread (consumer, pool, celerynb's helpers) or by a task it runs
+    (not by a task called in the cell, nor an eager one)."""
+    if record.threadName and record.threadName.startswith("celerynb-"):
+        return True
     task = _compat.unproxied(current_task)
     if task is None:
         return False
@@ -30,7 +34,7 @@ class _NotFromTasks(logging.Filter):
     """On the root logger's own handlers: what a task logs goes to the worker log instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _in_a_task()
+        return not _from_a_worker(record)
 
 
 class _TaskRecords(logging.Handler):
@@ -42,7 +46,7 @@ class _TaskRecords(logging.Handler):
         self.file_handler = file_handler
 
     def handle(self, record: logging.LogRecord) -> bool:
-        if _in_a_task():
+        if _from_a_worker(record):
             self.file_handler.handle(record)
         elif logging.root.handlers == [self] and logging.lastResort and record.levelno >= logging.lastResort.level:
             logging.lastResort.handle(record)

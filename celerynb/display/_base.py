@@ -53,6 +53,18 @@ def current_parent() -> dict | None:
         return None
 
 
+def latest_request() -> dict | None:
+    """The kernel's latest execute request (the cell running now, or the last one), from any thread."""
+    kernel = getattr(ipython(), "kernel", None)
+    get_parent = getattr(kernel, "get_parent", None)
+    if get_parent is None:
+        return None
+    try:
+        return get_parent("shell") or None
+    except Exception:  # noqa: BLE001 - another kernel implementation
+        return None
+
+
 def current_cell() -> Any:
     """The execution now running: its request's msg_id (``execution_count`` is not enough:
     nbval and other ``store_history=False`` runs never increment it)."""
@@ -212,7 +224,9 @@ class ProgressDisplay:
         if done:
             self._remove_listener()
             self._remove_ticker()
-            with attached_to(self._parent if background else None):
+            # From the monitor's thread: as an output of the cell running now (nbclient and
+            # papermill record only its messages; the update still lands by display id).
+            with attached_to((latest_request() or self._parent) if background else None):
                 self.publish_final()
 
     def draw(self, views: list[_views.TaskView], group: _views.GroupView | None) -> None:
