@@ -86,14 +86,20 @@ class _Compiled:
         """
         runner = self._runners.get(app)
         if runner is None:
-            bind = bool(self.options.get("bind"))
-            attrs: dict[str, Any] = {a: self.options[a] for a in _OPTION_ATTRS if a in self.options}
-            attrs.update(name=self.record["name"], run=self.func if bind else staticmethod(self.func),
-                         typing=False, _celerynb_record=self.record, __module__="notebook")
-            cls = type(self.record["function"], (app.Task,), attrs)
-            cls.bind(app)
-            runner = self._runners.setdefault(app, cls())
+            run = self.func if self.options.get("bind") else staticmethod(self.func)
+            runner = self._runners.setdefault(app, _task_with_options(app, self.record, run=run,
+                                                                      _celerynb_record=self.record))
         return runner
+
+
+def _task_with_options(app: Celery, record: dict[str, Any], **attrs: Any) -> Task:
+    """A task of ``app`` named as ``record``, with its options (never put in the app's registry)."""
+    options = record.get("options", {})
+    attrs.update({a: options[a] for a in _OPTION_ATTRS if a in options},
+                 name=record["name"], typing=False, __module__="notebook")
+    cls = type(record["function"], (app.Task,), attrs)
+    cls.bind(app)
+    return cls()
 
 
 _compiled: dict[str, _Compiled] = {}
@@ -205,11 +211,7 @@ def task_of_version(app: Celery, version: str, name: str) -> Task | None:
         return None
     if record is None or record["version"] != version or record["name"] != name or not verify(record, key):
         return None
-    options = record.get("options", {})
-    attrs: dict[str, Any] = {a: options[a] for a in _OPTION_ATTRS if a in options}
-    cls = type(record["function"], (app.Task,), {**attrs, "name": name, "typing": False, "__module__": "notebook"})
-    cls.bind(app)
-    return _received_as.setdefault((version, app), cls())
+    return _received_as.setdefault((version, app), _task_with_options(app, record))
 
 
 def message_version(request: Any) -> str | None:
