@@ -53,6 +53,7 @@ class _ByVersion:
     def __init__(self, consumer: _CeleryConsumer, name: str, keep_in: dict | None = None) -> None:
         self.consumer, self.name, self.keep_in = consumer, name, keep_in
         self.by_version: dict[str | None, Any] = {}
+        self._standin: Any = None  # for versions that cannot load: built once, never kept per version
 
     def __call__(self, message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         headers = getattr(message, "headers", None) or {}
@@ -63,10 +64,12 @@ class _ByVersion:
             if task is None:
                 return self.consumer.on_unknown_task(body, message, KeyError(self.name))
             consumer = self.consumer
+            if getattr(task, "_celerynb_standin", False):  # its version could not load: it fails, saying why
+                if self._standin is None:
+                    self._standin = task.start_strategy(consumer.app, consumer)
+                return self._standin(message, body, *args, **kwargs)
             strategy = task.start_strategy(consumer.app, consumer)
             consumer.task_buckets[self.name] = consumer.bucket_for_task(task)  # the newest version's rate
-            if getattr(task, "_celerynb_standin", False):
-                return strategy(message, body, *args, **kwargs)  # its version could not load: not kept
             self.by_version[version] = strategy
             if self.keep_in is not None:
                 self.keep_in.setdefault(self.name, self)
@@ -81,6 +84,8 @@ class _ByVersion:
             return registered
         task = cells.task_of_version(app, version, name)
         return task if task is not None else app.tasks[name]  # the stand-in: it stores why it cannot run
+
+
 class MessageRefused(Exception):
     """The worker would not decode this task's message (a serializer it does not accept)."""
 
