@@ -62,18 +62,27 @@ def test_widgets_not_used_when_noninteractive(monkeypatch):
     assert widgets_available() is False
 
 
+def shown_text(html: str) -> str:
+    """What a person reads in a bit of HTML: the text, tags gone, entities decoded."""
+    import html as html_module
+    import re
+
+    return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
 # -- live displays against a real cluster --------------------------------------------------
 def test_widget_follows_long_process_to_success(cluster):
     from celerynb.workers.tasks import long_process
 
-    r = long_process.delay(list(range(8)), delay=0.05)
-    disp = WidgetProgress([r.id], cluster.app)
+    task_id = str(uuid.uuid4())
+    disp = WidgetProgress([task_id], cluster.app)  # watched before it is sent: every value is seen
     seen = []
     name, bar, detail = disp.rows[0]
     bar.observe(lambda change: seen.append(change["new"]), "value")
+    long_process.apply_async((list(range(8)),), {"delay": 0.1}, task_id=task_id)
     assert disp.wait(timeout=30) == {"status": "completed", "processed": 8}
     assert bar.value == 100 and bar.bar_style == "success"
-    assert name.value == "tasks.long_process" and detail.value == "SUCCESS"
+    assert name.value == "tasks.long_process" and shown_text(detail.value) == "SUCCESS"
     assert any(0 < v < 100 for v in seen), seen
     assert disp.cancel_button.disabled and disp.cancel_button.layout.display == "none"
     assert "celerynb-progress" in disp.box._dom_classes
@@ -89,8 +98,10 @@ def test_widget_shows_failure_with_exception(cluster):
     value = disp.wait(timeout=30)
     assert type(value).__name__ == "PermanentError"
     _, bar, detail = disp.rows[0]
-    assert bar.bar_style == "danger"
-    assert detail.value == "FAILURE PermanentError: cannot process 'fail'"
+    assert bar.bar_style == "danger" and bar.value == 100  # a full red bar, not an empty one
+    assert shown_text(detail.value) == "FAILURE PermanentError: cannot process 'fail'"
+    assert "celerynb-badge" in detail.value and "white-space:normal" in detail.value  # wraps, not clipped
+    assert bar.layout.min_width == bar.layout.width == "240px"  # a long message cannot squeeze the bar
 
 
 def test_widget_shows_retry_count(cluster):
@@ -99,7 +110,7 @@ def test_widget_shows_retry_count(cluster):
     r = risky_task.delay("flaky:1", base_delay=0.5)
     disp = WidgetProgress([r.id], cluster.app)
     details = []
-    disp.rows[0][2].observe(lambda change: details.append(change["new"]), "value")
+    disp.rows[0][2].observe(lambda change: details.append(shown_text(change["new"])), "value")
     assert disp.wait(timeout=30) == {"arg": "flaky:1", "attempts": 2}
     assert any(d.startswith("RETRY (retry 1) TemporaryError") for d in details), details
 
@@ -161,7 +172,7 @@ def test_user_data_is_escaped(cluster):
     assert "<script>" not in html and "&lt;script&gt;" in html
     wdisp = WidgetProgress([tid], cluster.app)
     wdisp.refresh()
-    assert wdisp.rows[0][2].value.endswith(xss)  # a Label widget shows text, never HTML
+    assert shown_text(wdisp.rows[0][2].value).endswith(xss) and "<script>" not in wdisp.rows[0][2].value
     assert "<script>" not in wdisp._bundle(True)["text/html"]
 
 
@@ -225,7 +236,7 @@ def test_cancel_stops_running_in_kernel_task(cluster, tracked_task):
     disp.wait(timeout=20)
     assert time.monotonic() - started < 10
     assert disp.monitor.snapshot(r.id).state == "REVOKED"
-    assert disp.rows[0][1].bar_style == "warning" and disp.rows[0][2].value == "REVOKED (cancelled)"
+    assert disp.rows[0][1].bar_style == "warning" and shown_text(disp.rows[0][2].value) == "REVOKED (cancelled)"
 
 
 # -- end to end: real kernels through nbclient ---------------------------------------------
@@ -352,3 +363,36 @@ def test_a_display_nobody_waited_on_is_saved_final_by_nbclient(tmp_path):
     (shown,) = [o for o in nb.cells[0].outputs if o.output_type == "display_data"]
     assert shown.data["text/plain"] == "tasks.long_process: 100% |####################| SUCCESS"
     assert "application/vnd.jupyter.widget-view+json" not in shown.data
+
+
+def test_a_display_made_after_the_end_tells_how_long_the_tasks_took(cluster):
+    from celerynb.workers.tasks import long_process
+
+    r = long_process.delay([1, 2, 3, 4], delay=0.1)
+    get_monitor(cluster.app).wait([r.id], timeout=30)
+    disp = TextProgress([r.id], cluster.app)
+    disp.refresh()
+    assert disp.finished and 0.4 <= disp.elapsed() < 10  # the tasks' own span, not "0.0s"
+    assert f"elapsed {_views.format_duration(disp.elapsed())}" in disp.summary_html()
+
+
+def test_rows_of_one_task_name_are_told_apart_by_their_arguments(cluster):
+    from celerynb.workers.tasks import analyze_content
+
+    results = [analyze_content.delay(text) for text in ("one", "two")]
+    disp = TextProgress([r.id for r in results], cluster.app)
+    disp.wait(timeout=30)
+    assert [v.name for v in disp.views()[0]] == ["tasks.analyze_content('one')", "tasks.analyze_content('two')"]
+    assert "tasks.analyze_content(&#39;two&#39;)" in disp.summary_html()
+
+
+def test_ci_displays_are_text_only(cluster, monkeypatch):
+    from celerynb.workers.tasks import analyze_content
+
+    monkeypatch.setenv("CELERYNB_NONINTERACTIVE", "1")
+    r = analyze_content.delay("ci")
+    disp = TextProgress([r.id], cluster.app)
+    disp.wait(timeout=30)
+    assert disp._bundle() == {"text/plain": "tasks.analyze_content: 100% |####################| SUCCESS"}
+    monkeypatch.setenv("CELERYNB_NONINTERACTIVE", "0")
+    assert "text/html" in disp._bundle()

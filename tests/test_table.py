@@ -68,3 +68,46 @@ def test_to_dataframe_needs_pandas(cluster):
     else:
         assert list(table.to_dataframe().columns)[:3] == ["id", "name", "state"]
     table.close()
+
+
+def test_rows_of_tasks_that_ended_before_the_table_tell_their_times(cluster):
+    from celerynb.workers.tasks import long_process
+
+    r = long_process.delay([1, 2, 3], delay=0.1)
+    get_monitor(cluster.app).wait([r.id], timeout=30)
+    table = TaskTable([r])  # made after the end: nothing seen live
+    (row,) = table.rows()
+    assert row["state"] == "SUCCESS"  # read before the first picture, not PENDING
+    assert 0.3 <= row["runtime"] < 5 and row["started"] is not None
+    assert row["worker"] == cluster.workers[0].hostname  # the node, not just the machine
+    assert row["args"] == "[1, 2, 3], delay=0.1"
+    html = table._repr_html_()
+    assert f">{row['runtime']:.1f}s<" in html and "PENDING" not in html
+    table.close()
+
+
+def test_queued_tasks_have_no_start_and_no_runtime(cluster):
+    import uuid
+
+    from celerynb.workers.tasks import analyze_content
+
+    queued = analyze_content.apply_async(("never run",), queue=f"nobody-{uuid.uuid4().hex}")
+    table = TaskTable([queued])
+    (row,) = table.rows()
+    assert (row["state"], row["started"], row["runtime"]) == ("PENDING", None, None)
+    table.close()
+
+
+def test_arguments_read_alike_and_rows_keep_their_order(cluster):
+    from celerynb.workers.tasks import analyze_content
+
+    results = [analyze_content.delay(f"text {i}") for i in (3, 1, 2)]
+    table = TaskTable(results)
+    before = [r["id"] for r in table.rows()]  # read from the submit log: nothing stored yet, maybe
+    get_monitor(cluster.app).wait([r.id for r in results], timeout=30)
+    rows = table.rows()
+    assert [r["id"] for r in rows] == before == [r.id for r in results]  # submission order, never moved
+    assert [r["args"] for r in rows] == ["'text 3'", "'text 1'", "'text 2'"]  # stored lists read as calls
+    assert [r["args"] for r in table.sort("args").rows()] == ["'text 1'", "'text 2'", "'text 3'"]  # ascending
+    assert table.sort("runtime").descending and not table.sort("name").descending
+    table.close()

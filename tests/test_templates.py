@@ -60,6 +60,8 @@ class StandInMonitor:
     def track(self, _task_ids) -> None:
         pass
 
+    read_now = track
+
 
 def tasks_with(text: str, count: int) -> list[TaskSnapshot]:
     """Every kind of user data: task name (N), arguments (A), worker (W), result (R), exception
@@ -107,6 +109,9 @@ def every_display(follow, text: str) -> dict[str, str]:
     shown["progress widget details"] = widget.details.children[0].value
     shown["progress widget counts"] = widget.group_label.value
     shown["progress widget, final"] = widget._bundle(True)["text/html"]
+    few_widget = WidgetProgress(ids, app)
+    few_widget.refresh()
+    shown["progress widget rows"] = "".join(detail.value for _, _, detail in few_widget.rows)
     shown["task table"] = TaskTable(ids, app=app)._repr_html_()
 
     worker = {"name": f"W{text}", "kind": "thread", "pool": f"P{text}", "concurrency": 2, "alive": True}
@@ -133,6 +138,7 @@ SHOWN = {
     "progress widget details": "NES",
     "progress widget counts": "",
     "progress widget, final": "NE",
+    "progress widget rows": "ES",
     "task table": "NAWRE",
     "status card": "NWPBLQ",
     "cluster card": "WPBLQ",

@@ -22,6 +22,7 @@ from celery.worker.consumer import Consumer
 from kombu.asynchronous import set_event_loop
 
 from celerynb import _compat
+from celerynb.workers.base import run_tasks_as
 from celerynb.workers.consumer import Consumer as _NotebookConsumer
 
 logger = logging.getLogger("celerynb.worker")
@@ -62,9 +63,14 @@ class TaskPool(ThreadTaskPool):
         self.executor = ThreadPoolExecutor(max_workers=self.limit, initializer=self._adopt_app,
                                            thread_name_prefix="celerynb-pool")  # its logs: the worker log
 
+    #: The worker's node name, reported by the tasks this pool runs (see ``run_tasks_as``).
+    node_name: str | None = None
+
     def _adopt_app(self) -> None:
         if self.app is not None:
             self.app.set_current()
+        if self.node_name:
+            run_tasks_as(self.node_name)
 
 
 class InProcessWorker:
@@ -118,7 +124,7 @@ class InProcessWorker:
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
-            pool_cls=TaskPool if self.pool == "threads" else self.pool,
+            pool_cls=type("TaskPool", (TaskPool,), {"node_name": self.hostname}) if self.pool == "threads" else self.pool,
             concurrency=self.concurrency,
             # Explicit names: the worker narrows the app's shared Queues to what it is given,
             # and a later worker started with None would inherit that narrowing.
@@ -152,6 +158,7 @@ class InProcessWorker:
 
     def _run(self) -> None:
         self.app.set_current()  # this thread's current app: the consumer, and the solo pool's tasks
+        run_tasks_as(self.hostname)
         try:
             self.controller.start()
         except BaseException as exc:  # noqa: BLE001 - reported through .error and start()

@@ -6,6 +6,7 @@ dask's progress bars.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from celerynb.rendering import render
 from celerynb.tracking.awaiting import outcome
 from celerynb.tracking.monitor import get_monitor
 from celerynb.tracking.snapshot import task_name
+from celerynb.tracking.submitted import submitted
 from celerynb.workers import batch
 
 logger = logging.getLogger("celerynb.display")
@@ -124,6 +126,7 @@ class ProgressDisplay:
         self.started = time.monotonic()
         self.ended: float | None = None
         self.finished = False
+        self._span: float | None = None
         self._percent: dict[str, float] = {}
         self._lock = threading.RLock()
         self._dirty = True
@@ -135,6 +138,7 @@ class ProgressDisplay:
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
         lifetime.adopt(self)  # a re-run of its cell closes it
         self.monitor.track(self.ids)
+        self.monitor.read_now(self.ids)  # the first picture: what is stored now
         if self.tally is not None:
             with self._lock:  # states known before the listener: once, then only changes
                 for tid in self.ids:
@@ -158,11 +162,49 @@ class ProgressDisplay:
             view = _views.task_view(snap, self._percent.get(tid, 0.0), task_name(tid, snap))
             self._percent[tid] = view.percent
             views.append(view)
+        views = self._told_apart(views)
         group = _views.group_view(views) if len(views) > 1 else None
         return views, group
 
+    def _told_apart(self, views: list[_views.TaskView]) -> list[_views.TaskView]:
+        """Rows of the same task name get their arguments: ``square(3)``, ``square(4)``."""
+        names = [v.name for v in views]
+        if len(set(names)) == len(names):
+            return views
+        labelled = []
+        for view in views:
+            if names.count(view.name) > 1:
+                snap = self.monitor.snapshot(view.task_id)
+                entry = submitted.get(view.task_id)
+                if snap.args is not None or snap.kwargs is not None:
+                    call = _views.call_arguments(snap.args, snap.kwargs, width=30)
+                else:
+                    call = _views.call_arguments(entry.argsrepr, entry.kwargsrepr, width=30) if entry else "…"
+                view = dataclasses.replace(view, name=f"{view.name}({call})")
+            labelled.append(view)
+        return labelled
+
     def elapsed(self) -> float:
+        """Seconds from the first task sent to the last one ended, once that is known; the time
+        this display has been watching before (a display of tasks that ended long ago does not
+        say "0s")."""
+        if self._span is not None:
+            return self._span
         return (self.ended or time.monotonic()) - self.started
+
+    def _tasks_span(self) -> float | None:
+        """First sent (or started) to last ended, from the submit log and what workers stored."""
+        first = last = None
+        for tid in self.ids:
+            snap = self.monitor.snapshot(tid)
+            entry = submitted.get(tid)
+            began = entry.sent_at if entry else snap.started
+            if began is not None:
+                first = began if first is None else min(first, began)
+            if snap.started is not None and snap.runtime is not None:
+                end = snap.started + snap.runtime
+                last = end if last is None else max(last, end)
+        return last - first if first is not None and last is not None and last >= first else None
 
     def clock_text(self, percent: float) -> str:
         elapsed = self.elapsed()
@@ -220,6 +262,7 @@ class ProgressDisplay:
             if done:
                 self.ended = time.monotonic()
                 self.finished = True
+                self._span = self._tasks_span()
             self.draw(views, group)
         if done:
             self._remove_listener()

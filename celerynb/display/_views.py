@@ -45,6 +45,20 @@ class TaskView:
     ready: bool
     error: str = ""
 
+    @property
+    def fill(self) -> float:
+        """How much of the bar is coloured: all of it once the task ended (a failure is a full
+        red bar, not an empty one); its progress until then."""
+        return 100.0 if self.ready else self.percent
+
+    @property
+    def note(self) -> str:
+        """The detail after the state's name (shown beside its badge)."""
+        for prefix in (self.state, self.state.replace("_", " ")):
+            if self.detail.startswith(prefix):
+                return self.detail[len(prefix):].strip()
+        return self.detail
+
 
 @dataclass(frozen=True)
 class GroupView:
@@ -87,6 +101,38 @@ def progress_percent(info: Any) -> float | None:
     if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
         return max(0.0, min(100.0, 100.0 * current / total))
     return None
+
+
+def call_arguments(args: Any, kwargs: Any = None, width: int = 40) -> str:
+    """The arguments of a call as written in it: ``3, y=1``, from the stored lists or the
+    published reprs (``(3,)``, ``{'y': 1}``), so every row reads alike whichever was known."""
+    args, kwargs = _literal(args), _literal(kwargs)
+    if isinstance(args, list | tuple):
+        parts = [_short(repr(a), width) for a in args]
+    elif args in (None, ""):
+        parts = []
+    else:  # a repr too long to parse: drop its brackets
+        parts = [str(args).strip("()[]").rstrip(",")]
+    if isinstance(kwargs, dict):
+        parts += [f"{k}={_short(repr(v), width)}" for k, v in kwargs.items()]
+    elif kwargs not in (None, "", "{}"):
+        parts.append(str(kwargs).strip("{}"))
+    return _short(", ".join(parts), width)
+
+
+def _literal(value: Any) -> Any:
+    if isinstance(value, str) and len(value) <= 2000:
+        import ast
+
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+    return value
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def error_text(info: Any) -> str:
@@ -195,7 +241,9 @@ def group_line(group: GroupView) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = max(0, int(round(seconds)))
+    if seconds < 9.95:  # a tenth of a second matters for short tasks: "0.3s", not "0s"
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

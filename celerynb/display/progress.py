@@ -52,11 +52,14 @@ class WidgetProgress(ProgressDisplay):
             children.append(w.HBox([self.group_bar, self.group_label]))
         if n <= 10:
             for _ in range(n):
+                # The bar keeps its width whatever the message beside it, which wraps rather
+                # than being cut at the cell's edge.
                 name, bar, detail = (w.Label(layout=w.Layout(min_width="160px")),
-                                     w.FloatProgress(value=0, min=0, max=100, layout=w.Layout(width="240px")),
-                                     w.Label())
+                                     w.FloatProgress(value=0, min=0, max=100,
+                                                     layout=w.Layout(width="240px", min_width="240px")),
+                                     w.HTML(layout=w.Layout(flex="1 1 auto", min_width="0")))
                 self.rows.append((name, bar, detail))
-                children.append(w.HBox([name, bar, detail]))
+                children.append(w.HBox([name, bar, detail], layout=w.Layout(align_items="center")))
         else:
             self.details = w.VBox()
             children.append(self.details)
@@ -78,9 +81,9 @@ class WidgetProgress(ProgressDisplay):
         if self.rows:
             for (name, bar, detail), view in zip(self.rows, views, strict=True):
                 name.value = view.name
-                bar.value = view.percent
+                bar.value = view.fill
                 bar.bar_style = view.bar_style
-                detail.value = view.detail  # a Label: user text is never HTML
+                detail.value = render("progress_detail", view=view)  # escaped: user text is never HTML
         elif group is not None:
             self._draw_many(group)
         percent = group.percent if group is not None else views[0].percent

@@ -22,6 +22,10 @@ from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.tracking.submitted import enable_submit_log, submitted
 
 COLUMNS = ("id", "name", "state", "progress", "args", "worker", "started", "runtime", "result")
+#: Columns sorted largest first unless told otherwise: the newest, the longest, the furthest.
+DESCENDING_FIRST = ("progress", "started", "runtime")
+#: States of a task that runs: its runtime counts up (queued tasks have none yet).
+RUNNING = ("STARTED", "PROGRESS", "RETRY")
 REFRESH_EVERY = 0.5
 
 
@@ -33,7 +37,7 @@ def _short(value: Any, width: int = 60) -> str:
 def _display_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row of :meth:`TaskTable.rows` with its times as shown: a time of day and a duration."""
     started, runtime = row["started"], row["runtime"]
-    return dict(row, style=row["_style"],
+    return dict(row, style=row["_style"], fill=row["_fill"],
                 started=time.strftime("%H:%M:%S", time.localtime(started)) if started else "",
                 runtime=_views.format_duration(runtime) if runtime is not None else "")
 
@@ -45,13 +49,16 @@ class TaskTable:
         results: results/ids to show; None shows every task submitted from this kernel
             (the most recent ``limit``), new ones included as they are sent.
         states: only show tasks in these states (e.g. ``["FAILURE"]``).
-        sort: column to sort by (one of ``COLUMNS``); ``descending`` flips it.
+        sort: column to sort by (one of ``COLUMNS``); None keeps the order of submission, so
+            rows never move while tasks run.
+        descending: sort from the largest value; by default for ``progress``, ``started`` and
+            ``runtime`` (newest, longest first) and not for the other columns.
         limit: at most this many rows are rendered.
         app: the Celery app (celerynb's by default).
     """
 
-    def __init__(self, results: Any = None, *, states: list[str] | None = None, sort: str = "started",
-                 descending: bool = True, limit: int = 200, app: Celery | None = None) -> None:
+    def __init__(self, results: Any = None, *, states: list[str] | None = None, sort: str | None = None,
+                 descending: bool | None = None, limit: int = 200, app: Celery | None = None) -> None:
         enable_submit_log()
         self.kernel_wide = results is None
         found_app = None
@@ -80,6 +87,8 @@ class TaskTable:
         self._pull_submitted()
         if self.ids:
             self.monitor.track(self.ids)
+        # The first picture shows what is stored now, not PENDING for tasks that already ended.
+        self.monitor.read_now(self._visible_ids())
 
     # -- configuration -------------------------------------------------------------------
     def filter(self, states: list[str] | str | None = None) -> TaskTable:
@@ -90,9 +99,12 @@ class TaskTable:
         self._dirty = True
         return self
 
-    def sort(self, column: str = "started", descending: bool = True) -> TaskTable:
-        if column not in COLUMNS:
-            raise ValueError(f"Unknown column {column!r}: sort by one of {', '.join(COLUMNS)}.")
+    def sort(self, column: str | None = None, descending: bool | None = None) -> TaskTable:
+        """Sort rows by ``column`` (None: order of submission); see the class docstring."""
+        if column is not None and column not in COLUMNS:
+            raise ValueError(f"Unknown column {column!r}: sort by one of {', '.join(COLUMNS)}, or None.")
+        if descending is None:
+            descending = column in DESCENDING_FIRST
         self.sort_column, self.descending = column, descending
         self._dirty = True
         return self
@@ -125,37 +137,54 @@ class TaskTable:
         if snap.task_id not in self._shown:
             return  # a kernel-wide table hears every task: only its own are remembered
         now = time.time()
-        if snap.state != "PENDING":
+        if snap.state in RUNNING or (snap.state not in ("PENDING", "RECEIVED") and not snap.ready):
             self._started.setdefault(snap.task_id, now)
         if snap.ready:
             self._ended.setdefault(snap.task_id, now)
         self._dirty = True
 
+    def _visible_ids(self) -> list[str]:
+        return self.ids[-self.limit:] if self.kernel_wide else self.ids
+
+    def _times(self, snap: TaskSnapshot) -> tuple[float | None, float | None]:
+        """(started, runtime): as the worker stored them, else as seen here; none while queued."""
+        tid = snap.task_id
+        started = snap.started or self._started.get(tid)
+        if snap.ready:
+            runtime = snap.runtime
+            if runtime is None and started and tid in self._ended:
+                runtime = self._ended[tid] - started
+            return started, runtime
+        return started, (time.time() - started if started else None)
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per shown task (filtered, sorted, at most ``limit``), values as plain data."""
         rows = []
-        for tid in (self.ids[-self.limit:] if self.kernel_wide else self.ids):
+        for tid in self._visible_ids():
             snap = self.monitor.snapshot(tid)
             if self.states is not None and snap.state not in self.states:
                 continue
             entry = submitted.get(tid)
             view = _views.task_view(snap, 0.0, snap.name or (entry.name if entry else None))
-            started = self._started.get(tid) or (entry.sent_at if entry else None)
-            ended = self._ended.get(tid)
-            runtime = (ended or time.time()) - started if started and (ended or not snap.ready) else None
+            started, runtime = self._times(snap)
             if snap.state == "SUCCESS":
                 result = "(large result: read it with .get())" if snap.trimmed else _short(snap.info)
             elif view.error:
                 result = _short(view.error)
             else:
                 result = ""
-            args = snap.args if snap.args is not None else (entry.argsrepr if entry else None)
+            if snap.args is not None or snap.kwargs is not None:
+                args = _views.call_arguments(snap.args, snap.kwargs)
+            else:
+                args = _views.call_arguments(entry.argsrepr, entry.kwargsrepr) if entry else ""
             rows.append({
                 "id": tid, "name": view.name, "state": snap.state, "progress": view.percent,
-                "args": "" if args is None else _short(args, 40), "worker": snap.worker or "",
-                "started": started, "runtime": runtime, "result": result, "_style": view.bar_style,
+                "args": args, "worker": snap.worker or "",
+                "started": started, "runtime": runtime, "result": result, "_style": view.bar_style, "_fill": view.fill,
             })
         key = self.sort_column
+        if key is None:
+            return (rows[::-1] if self.descending else rows)[: self.limit]
         rows.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0), reverse=self.descending)
         if self.descending:  # keep rows without a value last either way
             rows.sort(key=lambda r: r[key] is None)
@@ -183,6 +212,15 @@ class TaskTable:
         summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
         return f"<TaskTable {len(self.ids)} tasks{': ' + summary if summary else ''}>"
 
+    def _wait_for_rows(self) -> None:
+        """Until the shown tasks end (at most the default wait timeout: CI must not hang)."""
+        from celerynb.config import default_wait_timeout
+
+        try:
+            self.monitor.wait(self._visible_ids(), default_wait_timeout())
+        except TimeoutError:
+            pass  # the text says which are still unfinished
+
     def _on_tick(self) -> None:
         self._pull_submitted()
         if self._live and self._dirty:
@@ -209,10 +247,15 @@ class TaskTable:
         notebook holds is the last picture, readable anywhere (Lab, nbconvert, GitHub)."""
         from IPython.display import display
 
+        from celerynb.config import noninteractive
         from celerynb.display.progress import widgets_available
 
+        if noninteractive():  # CI: one deterministic text, of the tasks' final states
+            self._wait_for_rows()
+            display({"text/plain": repr(self)}, raw=True)
+            return
         self.html = self._repr_html_()
-        if not widgets_available():  # CI, a script: one deterministic picture
+        if not widgets_available():  # a terminal or a script: one picture
             display(self._bundle(), raw=True)
             return
         handle = display(self._bundle(), raw=True, display_id=self._display_id or True)

@@ -30,8 +30,10 @@ class TextProgress(ProgressDisplay):
             self._shown_in = current_cell()
         return self
 
-    def _repr_html_(self) -> str:
-        return self.summary_html()
+    def _repr_html_(self) -> str | None:
+        from celerynb.config import noninteractive
+
+        return None if noninteractive() else self.summary_html()
 
     def _ipython_display_(self) -> None:
         if self._handle is not None and current_cell() == getattr(self, "_shown_in", None):
@@ -41,7 +43,9 @@ class TextProgress(ProgressDisplay):
         display(self._bundle(), raw=True)
 
     def _bundle(self) -> dict[str, str]:
-        return {"text/plain": self.text(), "text/html": self.summary_html()}
+        """Text and a static summary; text only in CI (deterministic: no ids, no times)."""
+        html = self._repr_html_()
+        return {"text/plain": self.text(), **({"text/html": html} if html is not None else {})}
 
     def publish_final(self) -> None:
         if self._handle is not None:

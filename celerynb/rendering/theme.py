@@ -4,7 +4,7 @@ Every template gets it as ``theme``, so the progress summary, the task table, th
 cards and the badges cannot drift apart, and light and dark JupyterLab themes both read.
 Task states get their colour through their bar style (``_views.BAR_STYLES``, which the live
 ipywidgets bars use as ``bar_style`` too): SUCCESS green, FAILURE/LOST red, RETRY/REVOKED
-orange, STARTED/PROGRESS blue, PENDING grey.
+orange, STARTED/PROGRESS blue, PENDING grey; as a badge (white on the colour) in text.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ _TEXT = (
     "color: var(--jp-ui-font-color1, #222);"
 )
 
-#: ipywidgets' bar styles as CSS colours ("" is a task not started yet).
-STYLE_COLORS: Mapping[str, str] = MappingProxyType({
-    "success": "var(--jp-success-color1, #4caf50)",
-    "danger": "var(--jp-error-color1, #f44336)",
-    "warning": "var(--jp-warn-color1, #ff9800)",
-    "info": "var(--jp-info-color1, #2196f3)",
-    "": "var(--jp-ui-font-color2, #757575)",  # PENDING: 4.6:1 on white, about 6:1 on the dark theme
+#: State badges: white text on a dark fill of the state's colour ("" is a task not started
+#: yet). Plain colours, legible on every theme: no single text colour reaches WCAG AA (4.5:1)
+#: on both white and JupyterLab's dark #111, but white on these fills reads at 5:1 or more
+#: whatever the page (``tests/test_theme.py`` computes it).
+BADGE_FILLS: Mapping[str, str] = MappingProxyType({
+    "success": "#2e7d32", "danger": "#c62828", "warning": "#a84300", "info": "#1565c0", "": "#616161",
 })
+BADGE_TEXT = "#ffffff"
 
 
 #: Bar fills as plain colours: JupyterLab's sanitizer drops ``var(...)`` values from the HTML of
@@ -43,19 +43,21 @@ class Theme:
     #: Font and text colour of every display.
     text: str = _TEXT
     #: Secondary text: counts, elapsed time, failures under a summary, column headers of a card.
-    muted: str = "color: var(--jp-ui-font-color2, gray);"
+    muted: str = "color: var(--jp-ui-font-color2, #616161);"
     #: A bordered box: the cluster card and the mode/tasks box of ``%celery status``.
     card: str = _TEXT + (
         " border: 1px solid var(--jp-border-color2, #ddd);border-radius: 4px; padding: 6px 10px; display: inline-block;"
     )
     #: The empty part of a progress bar (plain, as the fills: see :data:`BAR_FILLS`).
     track: str = "rgba(128, 128, 128, 0.25)"
-    colors: Mapping[str, str] = field(default_factory=lambda: STYLE_COLORS)
+    badges: Mapping[str, str] = field(default_factory=lambda: BADGE_FILLS)
     fills: Mapping[str, str] = field(default_factory=lambda: BAR_FILLS)
 
-    def color(self, style: str) -> str:
-        """The text colour of a bar style; an unknown one reads as ``info`` (running)."""
-        return self.colors.get(style, self.colors["info"])
+    def badge(self, style: str) -> str:
+        """CSS of a state badge of a bar style; an unknown one reads as ``info`` (running)."""
+        fill = self.badges.get(style, self.badges["info"])
+        return (f"background-color:{fill};color:{BADGE_TEXT};border-radius:3px;padding:0 4px;"
+                "font-weight:bold;white-space:nowrap")
 
     def fill(self, style: str) -> str:
         """The bar fill of a bar style; an unknown one reads as ``info`` (running)."""

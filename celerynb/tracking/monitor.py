@@ -27,7 +27,7 @@ from typing import Any
 
 from celery import Celery, states
 
-from celerynb.tracking.backend_source import BackendNotObservable, check_observable
+from celerynb.tracking.backend_source import BackendNotObservable, BackendSource, check_observable
 from celerynb.tracking.faults import FaultReactions
 from celerynb.tracking.loop import MonitorLoop
 from celerynb.tracking.retention import FinishedTasks
@@ -41,6 +41,8 @@ logger = logging.getLogger("celerynb.monitor")
 #: Seconds between reconcile sweeps (Redis) and between polls (other backends).
 RECONCILE_INTERVAL = 2.0
 POLL_INTERVAL = 0.5
+#: At most this many states are read by :meth:`TaskMonitor.read_now` (one MGET per 1,000 ids).
+READ_NOW_MAX = 2000
 
 Listener = Callable[["TaskSnapshot"], None]
 
@@ -117,6 +119,19 @@ class TaskMonitor(MonitorLoop, FaultReactions):
                 self._moved = True  # the app was pointed at another server: reconnect now
             self._ensure_thread()
             self._wake.set()
+
+    def read_now(self, task_ids: Iterable[str], limit: int = READ_NOW_MAX) -> None:
+        """Read the stored states of tracked ``task_ids`` still PENDING here, from the calling
+        thread: a display's first picture then shows tasks that already ended as ended (the
+        monitor's own first read comes a moment later, from its thread)."""
+        with self._lock:
+            ids = [t for t in task_ids if (s := self._snapshots.get(t)) is not None and s.state == states.PENDING]
+        if not ids:
+            return
+        try:
+            self._read(BackendSource(self.app), ids[:limit])
+        except Exception:  # noqa: BLE001 - the monitor's own read follows; a picture must not fail
+            logger.debug("celerynb: could not read %d state(s) before drawing", len(ids), exc_info=True)
 
     def seed(self, snapshot: TaskSnapshot) -> None:
         """Record a state known without the backend (an eager result); fires listeners."""

@@ -43,6 +43,10 @@ class TaskSnapshot:
     worker: str | None = None
     retries: int | None = None
     date_done: str | None = None
+    #: When the task started (epoch seconds) and how long it ran (seconds), as its worker
+    #: stored them (celerynb's tasks; None for others).
+    started: float | None = None
+    runtime: float | None = None
     received_at: float = 0.0
     traceback: str | None = None
     redeliveries: int = 0
@@ -69,6 +73,8 @@ class TaskSnapshot:
             worker=meta.get("worker"),
             retries=meta.get("retries"),
             date_done=_text(meta.get("date_done")),
+            started=_number(meta.get("date_started")),
+            runtime=_number(meta.get("runtime")),
             received_at=now,
             traceback=meta.get("traceback"),
         )
@@ -80,6 +86,10 @@ def replace_state(snap: TaskSnapshot, state: str, info: Any) -> TaskSnapshot:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 

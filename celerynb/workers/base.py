@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,18 @@ from celerynb.workers import cells, started
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
+
+_thread_node = threading.local()
+
+
+def run_tasks_as(node_name: str) -> None:
+    """Tasks run by this thread report ``node_name`` as their worker.
+
+    Celery's threads and solo pools name the machine (``gethostname()``) in ``request.hostname``
+    and the stored ``worker`` field, not the worker's node name: two in-kernel workers would
+    look alike. celerynb's in-kernel pools call this in each of their threads.
+    """
+    _thread_node.name = node_name
 
 
 class ArgumentNotSerializable(TypeError):
@@ -33,6 +47,12 @@ class NotebookTask(Task):
     track_started = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        node = getattr(_thread_node, "name", None)
+        if node and not request.called_directly:
+            request.hostname = node
+        # Read by :mod:`.result_store`: the stored states carry when the task started and its runtime.
+        request.celerynb_started = (time.time(), time.perf_counter())
         with started.started_later(self):
             return super().__call__(*args, **kwargs)
 

@@ -12,6 +12,7 @@ whatever its size. Servers that refuse scripts get Celery's own path, as do non-
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 from celery import states
@@ -72,6 +73,7 @@ def store_result(backend: Any, task_id: str, result: Any, state: str, traceback:
         return False
     meta = _compat.result_meta(backend, result, state, traceback, request)
     meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else task_id
+    add_timing(meta, state, request)
     value = backend.encode(meta)
     if len(value) > _MAX_VALUE:
         return False
@@ -83,6 +85,17 @@ def store_result(backend: Any, task_id: str, result: Any, state: str, traceback:
             refuse_scripts()
         return False
     return True
+
+
+def add_timing(meta: dict[str, Any], state: str, request: Any) -> None:
+    """``date_started`` (epoch seconds) on every state a running task stores, ``runtime`` on its
+    end state: a display opened after the task ended still knows how long it ran."""
+    began = getattr(request, "celerynb_started", None)
+    if not began:
+        return
+    meta["date_started"] = round(began[0], 3)
+    if state in states.READY_STATES:
+        meta["runtime"] = round(time.perf_counter() - began[1], 6)
 
 
 def _run(client: Any, key: str, ttl: int, value: str) -> int:
