@@ -43,6 +43,8 @@ def test_eager_on_off_in_kernel(kernel):
     assert ran.results[-1]["text/plain"] == "(2, 'SUCCESS')"
     # The eager run showed a progress display in the cell as it started.
     assert any("|" in r.get("text/plain", "") for r in ran.results[:-1])
+    last_line = kernel.run("job.delay(2)")  # the display hook shows no second bar for it
+    assert [r["text/plain"] for r in last_line.results] == ["notebook.job: 100% |####################| SUCCESS"]
     off = kernel.run("%celery eager off\nimport celerynb; celerynb.current() is None")
     assert off.text == "True"
     on_worker = kernel.run("job.delay(5).get(timeout=10)")

@@ -263,7 +263,8 @@ def test_connect_auto_uses_celerynb_up_cluster(ip, discovery_cluster):
     assert analyze_content.delay("one two").get(timeout=20)["words"] == 2
 
 
-def test_eager_update_state_reaches_the_display_while_the_task_runs(ip, app):
+def test_eager_update_state_reaches_the_display_while_the_task_runs(ip, app, monkeypatch):
+    monkeypatch.setenv("CELERYNB_NONINTERACTIVE", "0")  # live displays (CI shows only the outcome)
     cell = (
         "def halfway(self):\n"
         "    import time\n"

@@ -13,9 +13,11 @@ _TYPES = (AsyncResult, ResultSet)
 
 
 def _show(result: Any) -> None:
+    from celerynb.display import eager
     from celerynb.display.progress import progress
 
-    progress(result)
+    if not eager.shown_here(result):
+        progress(result)
 
 
 def register_display_formatters(ip: Any) -> None:
