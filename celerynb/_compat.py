@@ -387,21 +387,30 @@ def route_redis_result_stores(store: Callable[..., bool]) -> None:
     RedisBackend._store_result = _store_result
 
 
-def explain_result_timeouts(explain: Callable[[Any, str], str | None]) -> None:
-    """A result's ``get()`` that times out (``AsyncBackendMixin.wait_for_pending``, celery 5.7.0: Redis and
-    RPC backends) raises ``TimeoutError(explain(backend, task_id))``, unchained, when that names a cause."""
+_on_get: dict[str, Callable[..., Any]] = {}
+
+
+def explain_result_errors(explain: Callable[[Any, str], str | None] | None = None,
+                          annotate: Callable[[Any, BaseException], None] | None = None) -> None:
+    """``get()`` (``AsyncBackendMixin.wait_for_pending``, celery 5.7.0: Redis, RPC) times out with ``explain(backend,
+    task_id)``, unchained, when that names a cause; a task's exception gets ``annotate(result, exc)`` first."""
     from celery.backends.asynchronous import AsyncBackendMixin
     from celery.exceptions import TimeoutError as ResultTimeout
 
+    _on_get.update({k: f for k, f in (("explain", explain), ("annotate", annotate)) if f is not None})
     original = getattr(AsyncBackendMixin.wait_for_pending, "__wrapped__", AsyncBackendMixin.wait_for_pending)
 
     def wait_for_pending(self: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of tracebacks
         try:
             return original(self, result, *args, **kwargs)
         except ResultTimeout:
-            reason = explain(self, result.id)
+            reason = _on_get["explain"](self, result.id) if "explain" in _on_get else None
             if reason is None:
                 raise
+        except Exception as exc:
+            _on_get.get("annotate", lambda *_: None)(result, exc)
+            raise
         raise ResultTimeout(reason) from None
 
     wait_for_pending.__wrapped__ = original  # type: ignore[attr-defined]

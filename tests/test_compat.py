@@ -443,16 +443,16 @@ def test_route_redis_result_stores_sees_every_state_and_falls_back_to_celerys(pl
         backend.client.delete(backend.get_key_for_task(celerys))
 
 
-def test_explain_result_timeouts_replaces_the_timeout_only_when_explained(plain_app):
+def test_explain_result_errors_replaces_the_timeout_only_when_explained(plain_app):
     from celery.exceptions import TimeoutError as ResultTimeout
 
     from celerynb.tracking import submitted
 
-    _compat.explain_result_timeouts(lambda backend, task_id: "why" if task_id == "explained" else None)
+    _compat.explain_result_errors(explain=lambda backend, task_id: "why" if task_id == "explained" else None)
     try:
         with pytest.raises(ResultTimeout, match="^why$"):
             plain_app.AsyncResult("explained").get(timeout=0.2)
         with pytest.raises(ResultTimeout, match="timed out"):
             plain_app.AsyncResult("other").get(timeout=0.2)
     finally:
-        _compat.explain_result_timeouts(submitted.explain_timeout)  # what the rest of the session runs with
+        _compat.explain_result_errors(explain=submitted.explain_timeout)  # what the rest of the session runs with

@@ -255,8 +255,14 @@ def test_connect_to_dead_broker_fails_fast_with_masked_url(ip):
 
 def test_connect_auto_uses_celerynb_up_cluster(ip, discovery_cluster):
     ip.run_cell_magic("celery_task", "", "def where():\n    import os\n    return os.getpid()\n")
+    ip.run_cell("from celerynb.workers.celery_app import app\n@app.task\ndef plain_task():\n    pass\n")
     status = ip.run_line_magic("celery", "connect auto --no-workers")
     assert "celerynb up cluster" in repr(status)
+    assert repr(status).startswith("celerynb: connected, no workers in this kernel")
+    assert "notebook tasks: celerynb.plain_task, notebook.where" in repr(status)  # @app.task counts
+    html = status._repr_html_()
+    assert "stopped" not in html and "connected: no workers in this kernel" in html
+    assert ":***@127.0.0.1:" in html  # the broker line, as in the text
     from celerynb.workers.tasks import analyze_content
 
     # No in-kernel worker: the `celerynb up` worker process serves package tasks.

@@ -107,3 +107,18 @@ def test_get_of_an_id_nothing_knows_says_so_in_one_line(cluster):
             queued.get(timeout=1)
     finally:
         queued.revoke()
+
+
+def test_get_of_a_failed_task_shows_the_tasks_own_frames(cluster):
+    from celerynb.workers.tasks import analyze_content
+
+    r = analyze_content.delay(12345)
+    with pytest.raises(TypeError, match="expects text") as err:
+        r.get(timeout=30)
+    (note,) = err.value.__notes__
+    assert note.startswith(f"Raised in tasks.analyze_content ({r.id}) on its worker:")
+    assert 'celerynb/workers/tasks.py", line' in note and "raise TypeError" in note
+    assert "celery/app/trace.py" not in note and "celerynb/workers/cells.py" not in note
+    with pytest.raises(Exception) as again:  # the same exception raised again: one note, not two
+        r.get(timeout=30)
+    assert len(again.value.__notes__) == 1

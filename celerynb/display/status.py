@@ -12,9 +12,10 @@ from celerynb.workers import urls
 
 
 def notebook_tasks(app: Celery) -> list[Any]:
+    """``%%celery_task`` cells and ``@app.task`` functions defined in the notebook."""
     if not app.configured:  # nothing registered yet; reading tasks would start the server
         return []
-    return sorted((t for t in app.tasks.values() if hasattr(t, "_celerynb_source")), key=lambda t: t.name)
+    return sorted((t for t in app.tasks.values() if _from_notebook(t)), key=lambda t: t.name)
 
 
 def _mode(app: Celery, cluster: Any) -> str:
@@ -67,8 +68,9 @@ class ClusterStatus:
     def __repr__(self) -> str:
         s = self.status or {}
         if not s.get("running"):
-            lines = ["celerynb: no local cluster in this kernel (it starts on first use, or with %celery start)",
-                     f"app:     {self.app.main}"]
+            first = ("celerynb: connected, no workers in this kernel" if s.get("broker") else
+                     "celerynb: no local cluster in this kernel (it starts on first use, or with %celery start)")
+            lines = [first, f"app:     {self.app.main}"]
             if s.get("broker"):
                 lines.append(f"broker:  {s['broker']}")
             lines.append(f"mode:    {self.mode}")

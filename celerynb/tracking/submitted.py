@@ -81,7 +81,7 @@ def enable_submit_log() -> None:
     after_task_publish.connect(on_publish, weak=False, dispatch_uid="celerynb-submit-log")
     from celerynb import _compat
 
-    _compat.explain_result_timeouts(explain_timeout)
+    _compat.explain_result_errors(explain=explain_timeout)
 
 
 def explain_timeout(backend: Any, task_id: str) -> str | None:

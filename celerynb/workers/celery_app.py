@@ -7,9 +7,10 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 from celery import Celery
 
 from celerynb import _compat
-from celerynb.workers import batch, cells, result_store, urls
+from celerynb.workers import batch, cells, result_store, task_errors, urls
 
 _compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
+_compat.explain_result_errors(annotate=task_errors.add_task_traceback)  # .get() shows the task's frames
 result_store.install()  # one atomic round trip per stored state (Celery: two, and a RETRY-over-SUCCESS race)
 
 app = Celery(

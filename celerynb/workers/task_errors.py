@@ -1,0 +1,44 @@
+"""A failed task's own traceback on the exception its ``.get()`` raises.
+
+Celery re-raises a task's exception in the caller with the caller's frames only (its own and
+vine's), so the line of the user's code that failed is nowhere on screen. The worker stored that
+traceback with the result: its frames outside Celery and celerynb are added to the exception as
+a note (PEP 678), printed right under the error in a notebook, a terminal and a log alike.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: Frames of these packages are the machinery around a task, not the task (celerynb's example
+#: tasks, ``celerynb/workers/tasks.py``, are tasks).
+_MACHINERY = re.compile(r'File "[^"]*[/\\](?:celery|kombu|vine|billiard|celerynb(?![/\\]workers[/\\]tasks\.py))[/\\"]')
+
+
+def own_frames(traceback_text: str) -> str:
+    """The frames of a formatted traceback that are not Celery's or celerynb's, as text."""
+    frames: list[list[str]] = []
+    for line in traceback_text.rstrip().splitlines():
+        if line.startswith("  File "):
+            frames.append([line])
+        elif line.startswith("    ") and frames:
+            frames[-1].append(line)
+    kept = [frame for frame in frames if not _MACHINERY.search(frame[0])]
+    return "\n".join(line for frame in kept for line in frame)
+
+
+def add_task_traceback(result: Any, exc: BaseException) -> None:
+    """Note the worker's frames of ``result``'s failure on ``exc`` (once per exception)."""
+    if getattr(exc, "_celerynb_noted", False) or not hasattr(exc, "add_note"):
+        return
+    try:
+        text = result.traceback
+    except Exception:  # noqa: BLE001 - a note is a help, never a new failure
+        return
+    frames = own_frames(text) if isinstance(text, str) else ""
+    if not frames:
+        return
+    name = getattr(result, "name", None) or "the task"
+    exc.add_note(f"Raised in {name} ({result.id}) on its worker:\n{frames}")
+    exc._celerynb_noted = True  # type: ignore[attr-defined]
