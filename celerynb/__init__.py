@@ -2,7 +2,7 @@
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
 :func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`,
-:func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
+:func:`track`, :func:`raise_if_cancelled`, :func:`cancel`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
 users catch, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
@@ -30,7 +30,7 @@ from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 # must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "track", "raise_if_cancelled", "wait", "gather",
+    "progress", "TaskTable", "track", "raise_if_cancelled", "cancel", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
     "CellRefused", "ClusterError", "InvalidURL", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
@@ -38,6 +38,7 @@ __all__ = [
 _LAZY = {
     "progress": ("celerynb.display.progress", "progress"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
+    "cancel": ("celerynb.tracking.cancel", "cancel"),
     "wait": ("celerynb.tracking.awaiting", "wait"),
     "gather": ("celerynb.tracking.awaiting", "gather"),
     "map": ("celerynb.bulk", "map"),

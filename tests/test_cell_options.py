@@ -58,18 +58,33 @@ def test_rate_limit_follows_a_redefinition_on_in_kernel_workers(kernel_ip):
     assert _spread(kernel_ip.user_ns["stamp"]) < 0.5  # and the limit goes with the version that had it
 
 
-@pytest.mark.parametrize("option", ["--time-limit 3", "--soft-time-limit 1"])
-def test_time_limits_are_refused_where_threads_would_run_them(kernel_ip, app, option):
-    """Threads cannot be stopped mid-task: refused, in one line, and the earlier cell kept."""
-    from IPython.core.error import UsageError
+SPIN = (
+    "import time\n"
+    "from celery.exceptions import SoftTimeLimitExceeded\n"
+    "def spin(seconds):\n"
+    "    try:\n"
+    "        end = time.monotonic() + seconds\n"
+    "        while time.monotonic() < end:\n"
+    "            pass\n"
+    "    except SoftTimeLimitExceeded:\n"
+    "        return 'soft limit'\n"
+    "    return 'ran out'\n"
+)
 
-    kernel_ip.run_cell_magic("celery_task", "", "def slowish():\n    return 'earlier'\n")
-    earlier = app.tasks["notebook.slowish"]
-    with pytest.raises(UsageError, match=r"need worker processes.*--processes") as refused:
-        kernel_ip.run_cell_magic("celery_task", option, "def slowish():\n    return 'later'\n")
-    assert "\n" not in str(refused.value)
-    assert app.tasks["notebook.slowish"] is earlier and kernel_ip.user_ns["slowish"] is earlier
-    assert earlier.delay().get(timeout=30) == "earlier"
+
+def test_time_limits_hold_on_in_kernel_threads(kernel_ip, app):
+    """In-kernel workers are threads: the limits are enforced there too (celerynb.workers.stopping)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    kernel_ip.run_cell_magic("celery_task", "--soft-time-limit 0.3", SPIN)
+    assert kernel_ip.user_ns["spin"].delay(60).get(timeout=30) == "soft limit"
+    kernel_ip.run_cell_magic("celery_task", "--time-limit 0.3", SPIN.replace("SoftTimeLimitExceeded:", "ZeroDivisionError:"))
+    result = kernel_ip.user_ns["spin"].delay(60)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=30)
+    assert result.state == "FAILURE"
+    kernel_ip.run_cell_magic("celery_task", "", SPIN)
+    assert kernel_ip.user_ns["spin"].delay(0).get(timeout=30) == "ran out"  # the pool thread took the next task
 
 
 def test_rate_limit_holds_on_worker_processes(ip):

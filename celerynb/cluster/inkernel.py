@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
+from celery.concurrency.solo import TaskPool as CelerySoloPool
+from celery.concurrency.thread import ApplyResult
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.utils.nodenames import anon_nodename
 from celery.worker import WorkController
@@ -22,6 +24,7 @@ from celery.worker.consumer import Consumer
 from kombu.asynchronous import set_event_loop
 
 from celerynb import _compat
+from celerynb.workers import stopping
 from celerynb.workers.base import run_tasks_as
 from celerynb.workers.consumer import Consumer as _NotebookConsumer
 
@@ -65,12 +68,46 @@ class TaskPool(ThreadTaskPool):
 
     #: The worker's node name, reported by the tasks this pool runs (see ``run_tasks_as``).
     node_name: str | None = None
+    #: A cancel or a time limit stops a running task (:mod:`celerynb.workers.stopping`).
+    stops_threads = True
 
     def _adopt_app(self) -> None:
         if self.app is not None:
             self.app.set_current()
         if self.node_name:
             run_tasks_as(self.node_name)
+
+    def on_apply(self, target: Any, args: Any = None, kwargs: Any = None, callback: Any = None,
+                 accept_callback: Any = None, **options: Any) -> ApplyResult:
+        return ApplyResult(self.executor.submit(stopping.apply_target, target, args, kwargs, callback,
+                                                accept_callback, **_limits(self, options)))
+
+    def terminate_job(self, pid: int, signal: Any = None) -> None:
+        """Other apps' tasks: their revoke is recorded and stops them (celerynb's own use its request class)."""
+
+
+class SoloPool(CelerySoloPool):
+    """Celery's solo pool whose running task a cancel or time limit stops (see :class:`TaskPool`)."""
+
+    stops_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_apply = self._apply
+
+    def _apply(self, target: Any, args: Any = None, kwargs: Any = None, callback: Any = None,
+               accept_callback: Any = None, **options: Any) -> None:
+        stopping.apply_target(target, args, kwargs, callback, accept_callback, **_limits(self, options))
+
+    def terminate_job(self, pid: int, signal: Any = None) -> None:
+        """See :meth:`TaskPool.terminate_job`."""
+
+
+def _limits(pool: Any, options: dict) -> dict:
+    """The call's time limits, else the worker's (``task_time_limit``), as prefork applies them."""
+    return {"timeout_callback": options.get("timeout_callback"),
+            "soft_timeout": options.get("soft_timeout") or pool.options.get("soft_timeout"),
+            "timeout": options.get("timeout") or pool.options.get("timeout")}
 
 
 class InProcessWorker:
@@ -124,7 +161,7 @@ class InProcessWorker:
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
-            pool_cls=type("TaskPool", (TaskPool,), {"node_name": self.hostname}) if self.pool == "threads" else self.pool,
+            pool_cls=type("TaskPool", (TaskPool,), {"node_name": self.hostname}) if self.pool == "threads" else SoloPool,
             concurrency=self.concurrency,
             # Explicit names: the worker narrows the app's shared Queues to what it is given,
             # and a later worker started with None would inherit that narrowing.

@@ -15,15 +15,15 @@ from typing import Any
 
 from celery import Celery
 
-from celerynb import _compat
 from celerynb.display import _views, lifetime
 from celerynb.display.tally import GroupTally
 from celerynb.rendering import render
+from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.awaiting import outcome
+from celerynb.tracking.cancel import cancel_tasks
 from celerynb.tracking.monitor import get_monitor
 from celerynb.tracking.snapshot import task_name
 from celerynb.tracking.submitted import submitted
-from celerynb.workers import batch
 
 logger = logging.getLogger("celerynb.display")
 
@@ -90,27 +90,6 @@ def attached_to(parent: dict | None) -> Iterator[None]:
         ip.reset_thread_parent(tokens)
 
 
-def cancel_tasks(app: Celery, task_ids: list[str]) -> None:
-    """Stop tasks as far as their pool allows.
-
-    ``revoke(terminate=True)`` kills a running task in a prefork child and drops a queued one
-    everywhere. Threads/solo pools (the in-kernel workers) cannot kill a running task: they
-    record the revoke, and tasks that loop with ``celerynb.track`` (or call
-    ``raise_if_cancelled``) stop at their next item with state REVOKED. Items of a batched
-    ``celerynb.map`` not yet run are stored REVOKED and skipped, on every pool: the batch reads
-    the cancel markers set here (a prefork child never sees the broadcast).
-    """
-    if not task_ids:
-        return
-    for tid in task_ids:  # in-kernel workers: visible at once, before the broadcast arrives
-        _compat.mark_revoked(tid)
-    try:
-        batch.mark_cancelled(app, task_ids)
-    except Exception:  # noqa: BLE001 - the backend unreachable: the broadcast below still cancels
-        logger.warning("could not store the cancel markers of %d task(s)", len(task_ids), exc_info=True)
-    app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
-
-
 class ProgressDisplay:
     """Follows tasks through the shared monitor and redraws at most every ``REDRAW_EVERY`` s.
 
@@ -161,6 +140,8 @@ class ProgressDisplay:
             snap = self.monitor.snapshot(tid)
             view = _views.task_view(snap, self._percent.get(tid, 0.0), task_name(tid, snap))
             self._percent[tid] = view.percent
+            if cancelling.requested(tid):
+                view = _views.cancelling(view)
             views.append(view)
         views = self._told_apart(views)
         group = _views.group_view(views) if len(views) > 1 else None

@@ -6,6 +6,7 @@ three always agree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +222,13 @@ def aggregate(counts: dict[str, int], total: int, done: int, failures: list[Task
 def text_bar(percent: float, width: int = 20) -> str:
     filled = int(round(width * percent / 100.0))
     return "|" + "#" * filled + " " * (width - filled) + "|"
+
+
+def cancelling(view: TaskView) -> TaskView:
+    """A cancelled task still running (in a long call, or its process not gone yet)."""
+    if view.ready:
+        return view
+    return dataclasses.replace(view, detail=f"{view.detail} · cancelling", bar_style="warning")
 
 
 def task_line(view: TaskView) -> str:

@@ -154,10 +154,10 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
         app: the Celery app for plain ids (celerynb's app by default).
         widget: force the widget (True) or the text twin (False); chosen automatically by default.
 
-    Cancel: the display's Cancel button (or ``.cancel()``) revokes with ``terminate=True``: a
-    queued task never runs, a running prefork task is killed. In-kernel and other threads/solo
-    workers cannot kill a running task: it stops at its next ``celerynb.track`` item (or
-    ``raise_if_cancelled`` call) with state REVOKED; a task that never checks runs to its end.
+    Cancel: the display's Cancel button (or ``.cancel()``, or :func:`celerynb.cancel`) revokes
+    queued tasks and stops running ones on every pool (see
+    :func:`celerynb.tracking.cancel.cancel_tasks`); a task still inside a long call shows
+    "cancelling" until it stops.
     """
     ids, found_app = task_ids_of(results)
     if not ids:

@@ -149,29 +149,6 @@ def check_name(app: Celery, name: str) -> None:
         )
 
 
-def check_time_limits(app: Celery, options: TaskOptions) -> None:
-    """Refuse time limits where this kernel's own workers would run the task: they are threads
-    (or the solo pool), which Celery cannot stop mid-task, so the limit would silently not hold."""
-    if not (options.time_limit or options.soft_time_limit):
-        return
-    from celerynb import config
-    from celerynb.cluster import local
-    from celerynb.workers import urls
-
-    running = local.current()
-    if running is not None and running.app is app:
-        in_kernel = bool(running.workers)
-    else:  # nothing runs yet: the first call starts in-kernel workers on the embedded server
-        source = urls.source_of(app)
-        in_kernel = source == "embedded" or (source is None and config.resolve() is None)
-    if in_kernel:
-        raise CellTaskError(
-            "--time-limit/--soft-time-limit need worker processes (prefork): this kernel's workers are threads, "
-            "which cannot be stopped mid-task; run `%celery start --workers 0 --processes 2` first, "
-            "or `%celery connect` to a cluster."
-        )
-
-
 def register(
     app: Celery, func: Any, options: TaskOptions, source: str, function: str | None = None
 ) -> Task:
@@ -188,7 +165,6 @@ def register(
     name = options.name or f"notebook.{function}"
     tasks = app.tasks  # finalizes the app
     check_name(app, name)
-    check_time_limits(app, options)
     kwargs = task_kwargs(app, options)
     with contextlib.suppress(AttributeError, TypeError):  # a decorator may return a callable object
         func.__module__ = "notebook"

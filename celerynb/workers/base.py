@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import EncodeError
 
-from celerynb.workers import cells, started
+from celerynb.workers import cells, started, stopping
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
@@ -45,6 +45,8 @@ class NotebookTask(Task):
     #: Celery's immediate STARTED write is replaced by :mod:`celerynb.workers.started`, which
     #: follows ``task_track_started``; ``@app.task(track_started=True)`` restores Celery's own.
     track_started = False
+    #: A cancel stops the task on threads and solo pools too (:mod:`celerynb.workers.stopping`).
+    Request = "celerynb.workers.requests:StoppableRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -53,8 +55,11 @@ class NotebookTask(Task):
             request.hostname = node
         # Read by :mod:`.result_store`: the stored states carry when the task started and its runtime.
         request.celerynb_started = (time.time(), time.perf_counter())
-        with started.started_later(self):
-            return super().__call__(*args, **kwargs)
+        try:
+            with started.started_later(self):
+                return super().__call__(*args, **kwargs)
+        finally:
+            stopping.leave_body()  # nothing is raised into Celery's bookkeeping that follows
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
                      **kwargs: Any) -> None:

@@ -50,6 +50,8 @@ worker_hijack_root_logger = False
 # Accepts tasks registered after start, including shipped notebook cells.
 worker_consumer = "celerynb.workers.consumer:Consumer"
 worker_redirect_stdouts = False
+# ``--pool prefork`` (the default): a terminated task's child is killed if SIGTERM does not end it.
+worker_pool = "celerynb.workers.prefork:TaskPool"
 
 timezone = "UTC"
 enable_utc = True
