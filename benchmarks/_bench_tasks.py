@@ -17,3 +17,19 @@ def noop(x=None):
 def big_string(mb):
     """A result of ``mb`` MiB (bench_scaling: is it still resident after ``del``?)."""
     return "x" * (mb * 2**20)
+
+
+@app.task(name="bench.spin")
+def spin():
+    """Loops in Python without ever checking for a cancel (bench_cancel)."""
+    while True:
+        pass
+
+
+@app.task(name="bench.steps")
+def steps(step):
+    """Sleeps in steps of ``step`` seconds, never checking for a cancel (bench_cancel)."""
+    import time
+
+    while True:
+        time.sleep(step)
