@@ -57,7 +57,8 @@ key = {key!r}
 display = click_cancel(blocked.delay(key))
 from celerynb.workers import stopping
 until(lambda: stopping.stop_raised(display.ids[0]), timeout=30)  # the grace period is over
-still = display.monitor.snapshot(display.ids[0]).state, "cancelling" in display.text()
+still = (display.monitor.snapshot(display.ids[0]).state, "cancelling" in display.text(),
+         celerynb.TaskTable(display.ids).rows()[0]["result"])
 app.backend.client.rpush(key, "go")
 display.wait(timeout=60)
 print(json.dumps([still, display.monitor.snapshot(display.ids[0]).state,
@@ -101,7 +102,7 @@ def test_cancel_button_stops_running_tasks(kernel, pool):
     else:  # (a prefork child dies at SIGTERM even inside the call)
         still, state, went_on, next_result = _last_json(kernel.run(BLOCKED.format(key=f"cancel-test-{uuid.uuid4().hex}"),
                                                                    timeout=120))
-        assert still == ["STARTED", True], "shown cancelling while the call blocks, not stopped yet"
+        assert still == ["STARTED", True, "cancelling"], "shown cancelling while the call blocks, not stopped yet"
         assert (state, went_on, next_result) == ("REVOKED", False, 5), "stopped when the call returned"
     # Time limits, per call, hold on every pool (prefork: Celery's own; threads/solo: ours).
     assert _last_json(kernel.run(LIMITS, timeout=120)) == ["FAILURE", "soft limit", 7]

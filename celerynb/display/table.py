@@ -17,6 +17,7 @@ from celery import Celery
 from celerynb.display import _views, lifetime
 from celerynb.display._base import attached_to, current_parent
 from celerynb.rendering import render
+from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.tracking.submitted import enable_submit_log, submitted
@@ -171,8 +172,8 @@ class TaskTable:
                 result = "(large result: read it with .get())" if snap.trimmed else _short(snap.info)
             elif view.error:
                 result = _short(view.error)
-            else:
-                result = ""
+            else:  # a cancelled task still running (in a long call, its process not gone yet)
+                result = "cancelling" if not snap.ready and cancelling.requested(tid) else ""
             if snap.args is not None or snap.kwargs is not None:
                 args = _views.call_arguments(snap.args, snap.kwargs)
             else:
