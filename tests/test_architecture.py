@@ -33,6 +33,8 @@ LAYERS = [
 MAX_LINES = 440
 #: Private attributes of our own objects that the scan below cannot tell from another project's.
 OWN_PRIVATE = {"_render", "_connect_redis", "_pid", "_exit", "_tqdm", "_shown_in", "_quiet"}
+#: Underscore names that are documented protocols, not internals (IPython: an exception's own traceback).
+PROTOCOLS = {"_render_traceback_"}
 
 
 def _module_name(path: Path) -> str:
@@ -146,7 +148,7 @@ def test_private_attributes_of_other_projects_are_used_only_in_compat():
                   and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)):
                 name = str(node.args[1].value)
             if (name and name.startswith("_") and not name.startswith("__") and not name.startswith("_celerynb")
-                    and name not in OWN_PRIVATE):
+                    and name not in OWN_PRIVATE | PROTOCOLS):
                 found.append(f"{module}:{node.lineno} uses {name}")
     assert not found, "move these into celerynb/_compat.py:\n" + "\n".join(found)
 

@@ -119,6 +119,23 @@ def test_get_of_a_failed_task_shows_the_tasks_own_frames(cluster):
     assert note.startswith(f"Raised in tasks.analyze_content ({r.id}) on its worker:")
     assert 'celerynb/workers/tasks.py", line' in note and "raise TypeError" in note
     assert "celery/app/trace.py" not in note and "celerynb/workers/cells.py" not in note
+    # Under the caller's own lines only result.get(): no vine/Celery frames before the task's.
+    files = [frame.filename for frame in __import__("traceback").extract_tb(err.value.__traceback__)]
+    assert not [f for f in files if "/vine/" in f or "celery/backends" in f], files
     with pytest.raises(Exception) as again:  # the same exception raised again: one note, not two
         r.get(timeout=30)
     assert len(again.value.__notes__) == 1
+
+
+def test_get_in_a_kernel_shows_the_callers_lines_then_the_tasks(kernel):
+    """With the extension loaded, IPython shows no Celery or vine frame between the two."""
+    import re
+
+    setup = kernel.run("%load_ext celerynb\nimport celerynb\ncelerynb.start()\nfrom celerynb.workers.tasks import analyze_content")
+    assert setup.status == "ok", setup.error
+    failed = kernel.run("def mine():\n    return analyze_content.delay(12345).get(timeout=30)\nmine()")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(failed.error["traceback"]))
+    assert "in mine()" in shown and "TypeError: analyze_content expects text, got int." in shown
+    assert 'workers/tasks.py", line' in shown.split("on its worker:")[1]
+    assert "celery/result.py" not in shown and "vine" not in shown and "_compat.py" not in shown, shown
+    kernel.run("celerynb.stop()")

@@ -18,10 +18,12 @@ def load(ip: Any) -> None:
         magics = CeleryMagics(ip)
         ip.register_magics(magics)
         ip._celerynb_magics = magics
+    from celerynb.notebook import tracebacks
     from celerynb.notebook.formatters import register_display_formatters
     from celerynb.tracking.submitted import enable_submit_log
 
     register_display_formatters(ip)
+    tracebacks.enable()  # a failed task's .get(): the caller's lines, then the task's
     enable_submit_log()  # TaskTable() then lists every task sent from this kernel
     _follow_cells(ip, True)
     _call_optional("celerynb.notebook.nested_asyncio", "enable_nested_asyncio")
@@ -35,10 +37,12 @@ def unload(ip: Any) -> None:
             registry[kind].pop(name, None)
     if hasattr(ip, "_celerynb_magics"):
         del ip._celerynb_magics
+    from celerynb.notebook import tracebacks
     from celerynb.notebook.formatters import unregister_display_formatters
     from celerynb.tracking.submitted import disable_submit_log
 
     unregister_display_formatters(ip)
+    tracebacks.disable()
     disable_submit_log()
     _follow_cells(ip, False)
     _call_optional("celerynb.notebook.nested_asyncio", "disable_nested_asyncio")

@@ -9,7 +9,12 @@ a note (PEP 678), printed right under the error in a notebook, a terminal and a 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
+
+#: Called with each noted exception: the notebook layer makes IPython show the caller's lines and
+#: then the task's, without Celery's and vine's in between (:mod:`celerynb.notebook.tracebacks`).
+on_noted: list[Callable[[BaseException], None]] = []
 
 #: Frames of these packages are the machinery around a task, not the task (celerynb's example
 #: tasks, ``celerynb/workers/tasks.py``, are tasks).
@@ -42,3 +47,5 @@ def add_task_traceback(result: Any, exc: BaseException) -> None:
     name = getattr(result, "name", None) or "the task"
     exc.add_note(f"Raised in {name} ({result.id}) on its worker:\n{frames}")
     exc._celerynb_noted = True  # type: ignore[attr-defined]
+    for hook in on_noted:
+        hook(exc)
