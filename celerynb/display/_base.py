@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from celerynb.display import _views, lifetime
+from celerynb.display import _views, lifetime, saved
 from celerynb.display.tally import GroupTally
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
@@ -217,6 +217,10 @@ class ProgressDisplay:
 
     def __repr__(self) -> str:
         return self.text()
+
+    def output_metadata(self) -> dict[str, Any]:
+        """Kept with the output in a saved notebook: ``%celery reattach`` rebuilds the display."""
+        return saved.output_metadata("progress", self.ids, self.app, self.finished)
 
     # -- updates ---------------------------------------------------------------------------
     def _on_change(self, snapshot: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import states
 
-from celerynb.tracking.snapshot import LOST, MOVED_INFO, WORKER_LOST, TaskSnapshot
+from celerynb.tracking.snapshot import EXPIRED_INFO, LOST, MOVED_INFO, WORKER_LOST, TaskSnapshot
 
 BAR_STYLES = {
     states.PENDING: "",
@@ -175,10 +175,8 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
         status = snap.info.get("status") if isinstance(snap.info, dict) else None
         detail = f"WORKER LOST ({status})" if status else "WORKER LOST"
     elif state == LOST:
-        error = (
-            "the cluster it was sent to is gone" if snap.info == MOVED_INFO
-            else "the server restarted without persistence: submit again"
-        )
+        error = {MOVED_INFO: "the cluster it was sent to is gone",
+                 EXPIRED_INFO: "its result expired"}.get(snap.info, "the server restarted without persistence: submit again")
         detail = f"LOST ({error})"
     if snap.redeliveries:
         detail += f" (redelivered {snap.redeliveries}x after a worker was lost)"

@@ -118,7 +118,7 @@ class WidgetProgress(ProgressDisplay):
         from IPython.display import display
 
         with self._lock:
-            handle = display(self._bundle(self.finished), raw=True, display_id=True)
+            handle = display(self._bundle(self.finished), raw=True, display_id=True, metadata=self.output_metadata())
             self._handle_id = handle.display_id
             self._shown_in = current_cell()
         return self
@@ -128,14 +128,14 @@ class WidgetProgress(ProgressDisplay):
             return
         from IPython.display import update_display
 
-        update_display(self._bundle(True), raw=True, display_id=self._handle_id)
+        update_display(self._bundle(True), raw=True, display_id=self._handle_id, metadata=self.output_metadata())
 
     def _ipython_display_(self) -> None:
         if self._handle_id is not None and current_cell() == self._shown_in:
             return  # progress() already showed it in this cell
         from IPython.display import display
 
-        display(self._bundle(self.finished), raw=True)
+        display(self._bundle(self.finished), raw=True, metadata=self.output_metadata())
 
     def _repr_mimebundle_(self, **_: Any) -> dict[str, Any]:
         return self._bundle(self.finished)

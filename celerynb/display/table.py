@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from celerynb.display import _views, lifetime
+from celerynb.display import _views, lifetime, saved
 from celerynb.display._base import attached_to, current_parent
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
@@ -234,6 +234,12 @@ class TaskTable:
     def _bundle(self) -> dict[str, Any]:
         return {"text/plain": repr(self), "text/html": self.html}
 
+    def output_metadata(self) -> dict[str, Any]:
+        """Kept with the output in a saved notebook: ``%celery reattach`` rebuilds the table."""
+        ids = self._visible_ids()
+        ended = all(self.monitor.snapshot(t).ready for t in ids)
+        return saved.output_metadata("table", ids, self.monitor.app, ended)
+
     def _publish(self) -> None:
         """Replace the shown output (every place it is shown) with the current picture."""
         if self._display_id is None:
@@ -241,7 +247,7 @@ class TaskTable:
         from IPython.display import update_display
 
         with attached_to(self._parent):
-            update_display(self._bundle(), raw=True, display_id=self._display_id)
+            update_display(self._bundle(), raw=True, display_id=self._display_id, metadata=self.output_metadata())
 
     def _ipython_display_(self) -> None:
         """Plain HTML under a display id, replaced as tasks move: no widget, so what a saved
@@ -253,11 +259,12 @@ class TaskTable:
 
         if noninteractive():  # CI: one deterministic text, of the tasks' final states
             self._wait_for_rows()
-            display({"text/plain": repr(self)}, raw=True)
+            display({"text/plain": repr(self)}, raw=True, metadata=self.output_metadata())
             return
         self.html = self._repr_html_()
         if not widgets_available():  # a terminal or a script: one picture
-            display(self._bundle(), raw=True)
+            display(self._bundle(), raw=True, metadata=self.output_metadata())
             return
-        handle = display(self._bundle(), raw=True, display_id=self._display_id or True)
+        handle = display(self._bundle(), raw=True, display_id=self._display_id or True,
+                         metadata=self.output_metadata())
         self._display_id, self._parent, self._live = handle.display_id, current_parent(), True

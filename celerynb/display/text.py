@@ -26,7 +26,7 @@ class TextProgress(ProgressDisplay):
         from IPython.display import display
 
         with self._lock:
-            self._handle = display(self._bundle(), raw=True, display_id=True)
+            self._handle = display(self._bundle(), raw=True, display_id=True, metadata=self.output_metadata())
             self._shown_in = current_cell()
         return self
 
@@ -40,7 +40,7 @@ class TextProgress(ProgressDisplay):
             return  # progress() already showed it in this cell
         from IPython.display import display
 
-        display(self._bundle(), raw=True)
+        display(self._bundle(), raw=True, metadata=self.output_metadata())
 
     def _bundle(self) -> dict[str, str]:
         """Text and a static summary; text only in CI (deterministic: no ids, no times)."""
@@ -49,7 +49,7 @@ class TextProgress(ProgressDisplay):
 
     def publish_final(self) -> None:
         if self._handle is not None:
-            self._handle.update(self._bundle(), raw=True)
+            self._handle.update(self._bundle(), raw=True, metadata=self.output_metadata())
         elif ipython() is None and not getattr(self, "_quiet", False):
             print(self.text(), file=sys.stderr)
 

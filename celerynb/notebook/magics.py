@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -89,6 +90,8 @@ def _celery_parser() -> _ArgumentParser:
     use.add_argument("app", nargs="?", help="proj, proj.celery or proj.celery:app")
     use.add_argument("--local", action="store_true", help="point its broker and backend at the embedded server")
     use.add_argument("--restore", action="store_true", help="give it back its own broker and backend")
+    reattach = sub.add_parser("reattach", help="show this notebook's saved displays again, with their tasks' current states")
+    reattach.add_argument("notebook", nargs="?", default=None, help="the .ipynb to read (default: this kernel's notebook)")
     tasks = sub.add_parser("tasks", help="list registered tasks (notebook and package)")
     tasks.add_argument("--live", action="store_true", help="a live table of the tasks submitted from here")
     return parser
@@ -186,6 +189,7 @@ class CeleryMagics(Magics):
           %celery tasks [--live]             registered tasks / live table of submitted tasks
           %celery use APP [--local]          work with your own app (proj, proj.celery, proj.celery:app)
           %celery use --restore              give that app back its own broker and backend
+          %celery reattach [NOTEBOOK.ipynb]  the saved displays again (after a kernel restart)
 
         ``%celery SUBCOMMAND --help`` prints the options of one subcommand.
         """
@@ -196,13 +200,27 @@ class CeleryMagics(Magics):
             raise UsageError(f"%celery: {exc}.") from None
         if not words:
             raise UsageError(
-                "%celery: missing subcommand: status, start, stop, restart, connect, eager, purge, tasks or use."
+                "%celery: missing subcommand: status, start, stop, restart, connect, eager, purge, tasks, use or reattach."
             )
         try:
             args = parser.parse_args(words)
         except _HelpShown:  # argparse printed the help already
             return None
         return getattr(self, f"_cmd_{args.command}")(args)
+
+    def _cmd_reattach(self, args: argparse.Namespace) -> None:
+        from celerynb.notebook import reattach
+
+        path = Path(args.notebook) if args.notebook else reattach.notebook_path(self.shell.user_ns)
+        if path is None:
+            raise UsageError("%celery reattach: this kernel does not know its notebook: pass its path, "
+                             "e.g. %celery reattach analysis.ipynb.")
+        try:
+            shown = reattach.reattach(path, _current_app())
+        except reattach.ReattachError as exc:
+            raise UsageError(f"%celery reattach: {exc}") from None
+        if not shown:
+            print(f"%celery reattach: no celerynb display is saved in {path.name} (save the notebook first: Ctrl+S).")
 
     def _cmd_status(self, args: argparse.Namespace) -> ClusterStatus:
         return ClusterStatus(_current_app(), local.current(), ask_workers=True)

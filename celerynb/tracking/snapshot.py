@@ -22,6 +22,8 @@ LOST = "LOST"
 WORKER_LOST = "WORKER_LOST"
 MOVED_INFO = ("the app now uses another server (the cluster this task was sent to was stopped): "
               "its state can no longer be followed")
+EXPIRED_INFO = ("its result is no longer kept (results expire after result_expires, 24 h by default), "
+                "or the app now uses another server")
 LOST_INFO = ("the server restarted without persistence and this task's message was lost: "
              "submit it again (LocalCluster(persistent=True) keeps queued tasks across restarts)")
 
