@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import EncodeError
 
-from celerynb.workers import cells, started
+from celerynb.workers import capture, cells, started
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
@@ -39,8 +39,9 @@ class ArgumentNotSerializable(TypeError):
 
 
 class NotebookTask(Task):
-    """``celery.Task`` plus on-demand startup, errors that name the bad argument, and STARTED
-    written only for tasks that run long enough to be seen running (:mod:`.started`)."""
+    """``celery.Task`` plus on-demand startup, errors that name the bad argument, STARTED
+    written only for tasks that run long enough to be seen running (:mod:`.started`), and each
+    run's own output captured next to its result (:mod:`.capture`; read it with ``celerynb.logs``)."""
 
     #: Celery's immediate STARTED write is replaced by :mod:`celerynb.workers.started`, which
     #: follows ``task_track_started``; ``@app.task(track_started=True)`` restores Celery's own.
@@ -53,7 +54,8 @@ class NotebookTask(Task):
             request.hostname = node
         # Read by :mod:`.result_store`: the stored states carry when the task started and its runtime.
         request.celerynb_started = (time.time(), time.perf_counter())
-        with started.started_later(self):
+        # Its stdout, stderr and logging records go to its own stored logs (:mod:`.capture`).
+        with started.started_later(self), capture.capturing(self, request):
             return super().__call__(*args, **kwargs)
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
