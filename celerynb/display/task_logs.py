@@ -17,7 +17,6 @@ from celery import Celery
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import task_ids_of
 from celerynb.workers import task_logs
-from celerynb.workers.base import NotebookTask
 
 #: Lines shown in a pane (the last ones); the full text is in ``celerynb.logs(result).text``.
 PANE_LINES = 200
@@ -71,7 +70,7 @@ class TaskLogs:
 
 def captures_logs(app: Celery) -> bool:
     """Whether ``app``'s tasks capture their output (celerynb's ``NotebookTask`` does)."""
-    return isinstance(app.Task, type) and issubclass(app.Task, NotebookTask)
+    return bool(getattr(app.Task, "captures_output", False))
 
 
 def _note(app: Celery) -> str:

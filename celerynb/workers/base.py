@@ -46,6 +46,9 @@ class NotebookTask(Task):
     #: Celery's immediate STARTED write is replaced by :mod:`celerynb.workers.started`, which
     #: follows ``task_track_started``; ``@app.task(track_started=True)`` restores Celery's own.
     track_started = False
+    #: Each run's stdout, stderr and records go to its own stored logs (:mod:`.capture`), for
+    #: this app's cell tasks and shipped cells too.
+    captures_output = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

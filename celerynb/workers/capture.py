@@ -13,8 +13,8 @@ Two ways, chosen per process:
   writes are captured too. What was written is also forwarded to the original fds, so the
   worker's own output (terminal, log) keeps everything as before.
 
-The text goes to :mod:`celerynb.workers.task_logs` (never to a cell). Users' own apps (not
-celerynb's ``NotebookTask``) capture nothing.
+The text goes to :mod:`celerynb.workers.task_logs` (never to a cell). Only apps whose task
+class says ``captures_output`` (celerynb's ``NotebookTask``) capture: users' own apps do not.
 """
 
 from __future__ import annotations
@@ -214,7 +214,8 @@ class capturing:  # noqa: N801 - used as a context manager, like contextlib's
 
     def __init__(self, task: Any, request: Any) -> None:
         self.capture: TaskCapture | None = None
-        if mode is None or request.called_directly or request.is_eager or not task_logs.supported(task.backend):
+        if (mode is None or request.called_directly or request.is_eager
+                or not getattr(task.app.Task, "captures_output", False) or not task_logs.supported(task.backend)):
             return
         ident = threading.get_ident()
         if ident in active:
