@@ -227,3 +227,18 @@ def test_pane_of_a_long_log_shows_the_last_lines():
     html = entry._repr_html_()
     assert "logs (500 lines)" in html and "n499" in html and "n299\n" not in html and "n300" in html
     assert "300 more lines in celerynb.logs(result)" in html and "bytes dropped by the 64 KB cap" in html
+
+
+def test_items_of_a_batched_map_each_have_their_own_logs(app):
+    def shout(x: int) -> int:
+        print(f"item {x}")
+        if x == 2:
+            logging.getLogger("batch").warning("two is odd")
+        return x
+
+    with registered(app, shout, "logtests.shout") as task:
+        celerynb.start(workers=1)
+        group = celerynb.map(task, [1, 2, 3], batch=3)  # one message runs the three, one after the other
+        assert group.get(timeout=30) == [1, 2, 3]
+        found = celerynb.logs(group)
+    assert [found[r.id].lines for r in group.results] == [["item 1"], ["item 2", "WARNING batch: two is odd"], ["item 3"]]
