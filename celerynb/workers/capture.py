@@ -74,7 +74,7 @@ class TaskCapture:
             return
         self.write(_line(record), False)
 
-    def flush(self, ttl: int | None = None, final: bool = False) -> None:
+    def flush(self, final: bool = False, failed: bool = False) -> None:
         """Send what is new (nothing new: no round trip). Never raises into the task.
 
         Under the capture's lock from taking to sending: the flusher thread and the task's own
@@ -87,15 +87,18 @@ class TaskCapture:
                 data = self.fd_file.take()
                 if final:
                     self.fd_file.reset()
-            else:
+            elif self.chunks:
                 data = "".join(self.chunks).encode("utf-8", "replace")
                 self.chunks, self.pending = [], 0
+            else:
+                data = b""
             level = self.level
             if not data and level <= self.sent_level:
                 return
             try:
-                task_logs.append(self.backend, self.task_id, data, level,
-                                 task_logs.ttl(self.backend) if ttl is None else ttl)
+                # The result's own expiry (its end state's, once known).
+                ttl = task_logs.result_store.ttl_for(self.backend, "FAILURE" if failed else "SUCCESS")
+                task_logs.append(self.backend, self.task_id, data, level, ttl)
                 self.sent_level, self.sent_anything = level, True
             except Exception:  # noqa: BLE001 - a log that cannot be stored must not fail the task
                 logger.warning("could not store the logs of task %s", self.task_id, exc_info=True)
@@ -214,14 +217,19 @@ class capturing:  # noqa: N801 - used as a context manager, like contextlib's
 
     def __init__(self, task: Any, request: Any) -> None:
         self.capture: TaskCapture | None = None
-        if (mode is None or request.called_directly or request.is_eager
-                or not getattr(task.app.Task, "captures_output", False) or not task_logs.supported(task.backend)):
+        if mode is None or request.called_directly or request.is_eager:
+            return
+        captures = getattr(task, "captures_output", None)  # a shipped cell's stand-in: its app's class says
+        if not (captures if captures is not None else getattr(task.app.Task, "captures_output", False)):
             return
         ident = threading.get_ident()
         if ident in active:
             return  # a task run inside another one's run: the outer one keeps the output
+        backend = task.backend  # a property of some cost: read once
+        if not task_logs.supported(backend):
+            return
         self.ident = ident
-        self.capture = TaskCapture(task.backend, request.id, _fd_file if mode == "fd" else None)
+        self.capture = TaskCapture(backend, request.id, _fd_file if mode == "fd" else None)
 
     def __enter__(self) -> TaskCapture | None:
         capture = self.capture
@@ -243,8 +251,7 @@ class capturing:  # noqa: N801 - used as a context manager, like contextlib's
         active.pop(self.ident, None)
         if capture.fd_file is not None:
             capture.fd_file.end()
-        failed = exc_type is not None and exc_type.__name__ not in ("Retry", "Ignore")
-        capture.flush(task_logs.result_store.ttl_for(capture.backend, "FAILURE" if failed else "SUCCESS"), final=True)
+        capture.flush(final=True, failed=exc_type is not None and exc_type.__name__ not in ("Retry", "Ignore"))
 
 
 class _Flusher:

@@ -45,13 +45,22 @@ except ImportError:  # no redis-py: no Redis backend either
     NoScriptError = ResponseError = RuntimeError  # type: ignore[assignment,misc]
 
 
+_supported_types: dict[type, bool] = {}
+
+
 def supported(backend: Any) -> bool:
     """Logs are stored on Redis result backends only (others: nothing is captured)."""
-    try:
-        from celery.backends.redis import RedisBackend
-    except ImportError:
-        return False
-    return isinstance(backend, RedisBackend)
+    kind = type(backend)
+    known = _supported_types.get(kind)
+    if known is None:
+        try:
+            from celery.backends.redis import RedisBackend
+        except ImportError:
+            known = False
+        else:
+            known = issubclass(kind, RedisBackend)
+        _supported_types[kind] = known
+    return known
 
 
 def logs_key(backend: Any, task_id: str) -> str:
@@ -144,8 +153,3 @@ def read_sizes(backend: Any, task_ids: list[str]) -> dict[str, tuple[int, int]]:
             pipe.hmget(logs_key(backend, tid), "n", "l")
         values = pipe.execute()
     return {tid: (int(n), int(lv or 0)) for tid, (n, lv) in zip(task_ids, values, strict=True) if n is not None}
-
-
-def ttl(backend: Any) -> int:
-    """The result's expiry (celerynb stores every state with it; FAILURE may have its own)."""
-    return result_store.ttl_for(backend, "SUCCESS")
