@@ -242,3 +242,22 @@ def test_items_of_a_batched_map_each_have_their_own_logs(app):
         assert group.get(timeout=30) == [1, 2, 3]
         found = celerynb.logs(group)
     assert [found[r.id].lines for r in group.results] == [["item 1"], ["item 2", "WARNING batch: two is odd"], ["item 3"]]
+
+
+def test_progress_summary_shows_each_task_log_pane_but_its_text_stays_the_same(app, two_step_tasks):
+    from celerynb.display.progress import WidgetProgress
+    from celerynb.display.text import TextProgress
+
+    first, second, _turns = two_step_tasks
+    celerynb.start(workers=1, concurrency=4)
+    results = [second.delay(), first.delay()]
+    shown = TextProgress([r.id for r in results], app)
+    shown.wait(30)
+    html = shown.summary_html()
+    assert "logs (3 lines)" in html and "logs (4 lines)" in html and ">errors<" in html and ">warnings<" in html
+    assert "logged" not in shown.text() and "logs" not in shown.text()  # text/plain: states only, as before
+    live = WidgetProgress([r.id for r in results], app)
+    live.refresh()
+    rows = [detail.value for _, _, detail in live.rows]
+    assert ">errors<" in rows[0] and "second: 2" in rows[0] and ">warnings<" in rows[1] and "first: 2" in rows[1]
+    live.close()

@@ -8,6 +8,7 @@ the size before fetching a text again.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from celery import Celery
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import task_ids_of
 from celerynb.workers import task_logs
+
+logger = logging.getLogger("celerynb.display")
 
 #: Lines shown in a pane (the last ones); the full text is in ``celerynb.logs(result).text``.
 PANE_LINES = 200
@@ -110,14 +113,15 @@ def pane(entry: TaskLogs | None, opened: bool = False) -> dict[str, Any] | None:
 
 
 class LogCache:
-    """The logs of a table's rows: finished tasks read once, running ones re-read only when
-    their size changed, and never more than every :data:`REFRESH_EVERY` s."""
+    """The logs of a table's rows: finished tasks read twice (at their end and a refresh later),
+    running ones re-read only when their size changed, never more than every :data:`REFRESH_EVERY` s."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.enabled = not _note(app)
         self.entries: dict[str, TaskLogs] = {}
         self.final: set[str] = set()
+        self.ended_at: dict[str, float] = {}
         self.last_read = 0.0
 
     def refresh(self, running: list[str], ended: list[str], force: bool = False) -> bool:
@@ -132,8 +136,13 @@ class LogCache:
             stale = [t for t, (n, _) in sizes.items() if t not in self.entries or self.entries[t].written != n]
             fresh = task_logs.read(backend, stale + ended)
         except Exception:  # noqa: BLE001 - a table without logs for a moment, not a broken table
+            logger.debug("celerynb: could not read task logs", exc_info=True)
             return False
-        self.final.update(ended)
+        now = time.monotonic()
+        for tid in ended:  # read again once a refresh later: output stored after its end state
+            if now - self.ended_at.setdefault(tid, now) >= REFRESH_EVERY:
+                self.final.add(tid)
+                del self.ended_at[tid]
         changed = False
         for tid, stored in fresh.items():
             entry = TaskLogs.of(stored, tid)
@@ -148,3 +157,4 @@ class LogCache:
         for tid in task_ids:
             self.entries.pop(tid, None)
             self.final.discard(tid)
+            self.ended_at.pop(tid, None)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.states import READY_STATES
 from kombu.exceptions import EncodeError
 
 from celerynb.workers import capture, cells, started
@@ -65,6 +66,8 @@ class NotebookTask(Task):
                      **kwargs: Any) -> None:
         if task_id is None or task_id == self.request.id:
             started.reporter.cancel(self.request.id)  # the task's own report replaces STARTED
+            if state in READY_STATES:
+                capture.flush_running()  # its logs stored before it looks ended
         super().update_state(task_id, state, meta, **kwargs)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:

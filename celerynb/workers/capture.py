@@ -254,6 +254,14 @@ class capturing:  # noqa: N801 - used as a context manager, like contextlib's
         capture.flush(final=True, failed=exc_type is not None and exc_type.__name__ not in ("Retry", "Ignore"))
 
 
+def flush_running() -> None:
+    """Store now what the task running in this thread wrote so far: before it stores its own end
+    state (``update_state(state="FAILURE")``), so a display that sees it ended finds its logs."""
+    capture = active.get(threading.get_ident())
+    if capture is not None:
+        capture.flush()
+
+
 class _Flusher:
     """One daemon thread per process: new output of running tasks to the backend every
     :data:`~celerynb.workers.task_logs.FLUSH_EVERY` s; it ends when no task ran for a while."""
