@@ -261,3 +261,17 @@ def test_progress_summary_shows_each_task_log_pane_but_its_text_stays_the_same(a
     rows = [detail.value for _, _, detail in live.rows]
     assert ">errors<" in rows[0] and "second: 2" in rows[0] and ">warnings<" in rows[1] and "first: 2" in rows[1]
     live.close()
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_solo_and_threads_worker_processes_capture_too(app, pool):
+    """Solo runs one task at a time: fds too. Threads: per thread (fd writes cannot be told apart)."""
+    with celerynb.LocalCluster(app, workers=0) as cluster:
+        cluster.add_process(concurrency=2, pool=pool, extra_args=["--include", "_log_tasks"],
+                            env={"PYTHONPATH": str(TESTS)})
+        result = app.send_task("logtests.noisy", (pool,))
+        assert result.get(timeout=30) == pool
+        lines = celerynb.logs(result).lines
+    python_level = [f"printed {pool}", f"WARNING logtests: logged {pool}", f"stderr {pool}"]
+    c_level = [f"fd one {pool}", f"libc printf {pool}"]
+    assert lines == (python_level + c_level if pool == "solo" else python_level)
