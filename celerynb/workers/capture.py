@@ -50,7 +50,6 @@ class TaskCapture:
         self.sent_level = 0
         self.last_record: logging.LogRecord | None = None
         self.lock = threading.Lock()
-        self.sent_anything = False
         self.closed = False
 
     def write(self, text: str, stderr: bool) -> int:
@@ -99,7 +98,7 @@ class TaskCapture:
                 # The result's own expiry (its end state's, once known).
                 ttl = task_logs.result_store.ttl_for(self.backend, "FAILURE" if failed else "SUCCESS")
                 task_logs.append(self.backend, self.task_id, data, level, ttl)
-                self.sent_level, self.sent_anything = level, True
+                self.sent_level = level
             except Exception:  # noqa: BLE001 - a log that cannot be stored must not fail the task
                 logger.warning("could not store the logs of task %s", self.task_id, exc_info=True)
 
