@@ -10,6 +10,9 @@ case: no Redis write at all), in alternating rounds with capture switched on and
 ``task_logs_map_on_vs_off``
     the same for ``celerynb.map`` of 5,000 trivial items (``batch="auto"``: items captured one
     by one inside batch messages).
+``task_logs_processes_map_on_vs_off``
+    the same map on one ``celery worker`` process (prefork, 2 children: fd-level capture),
+    started with and without ``CELERYNB_CAPTURE_LOGS=0``, alternating.
 ``task_logs_enter_exit_threads_us`` / ``task_logs_enter_exit_fd_us``
     one capture's enter + exit around a task that writes nothing, per-thread and fd-level
     (four ``dup2`` and an ``fstat``), in microseconds.
@@ -78,7 +81,17 @@ def run(quick: bool) -> dict[str, float]:
             asyncio.run(celerynb.gather(group))
             rates[f"map_{key}"].append(5000 / (time.perf_counter() - start))
     capture.mode = None
-    for kind in ("small", "map"):
+    rates["processes_map_on"], rates["processes_map_off"] = [], []
+    for r in range(rounds * 2):
+        on = r % 2 == 0
+        with celerynb.LocalCluster(app, workers=0) as cluster:
+            cluster.add_process(concurrency=2, env={} if on else {capture.ENV_SWITCH: "0"})
+            task = app.tasks["tasks.analyze_content"]  # known to worker processes (celerynb's own task)
+            asyncio.run(celerynb.gather(celerynb.map(task, ["warm up"] * 200, batch="auto")))
+            start = time.perf_counter()
+            asyncio.run(celerynb.gather(celerynb.map(task, ["a b c"] * 5000, batch="auto")))
+            rates[f"processes_map_{'on' if on else 'off'}"].append(5000 / (time.perf_counter() - start))
+    for kind in ("small", "map", "processes_map"):
         on, off = statistics.median(rates[f"{kind}_on"]), statistics.median(rates[f"{kind}_off"])
         figures[f"task_logs_{kind}_on_per_s"], figures[f"task_logs_{kind}_off_per_s"] = round(on), round(off)
         figures[f"task_logs_{kind}_on_vs_off"] = round(on / off, 3)

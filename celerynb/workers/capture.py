@@ -185,9 +185,16 @@ def _install_streams_and_router() -> None:
             target.addHandler(_router)
 
 
+#: Set to ``0`` in a worker's environment (or the kernel's) to capture nothing there.
+ENV_SWITCH = "CELERYNB_CAPTURE_LOGS"
+
+
 def install(kind: str = "threads") -> None:
-    """Capture the output of tasks this process runs from now on (idempotent)."""
+    """Capture the output of tasks this process runs from now on (idempotent), unless
+    :data:`ENV_SWITCH` is ``0``."""
     global mode, _fd_file
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
     with _lock:
         if kind == "fd" and _fd_file is None:
             _fd_file = FdFile()
