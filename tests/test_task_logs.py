@@ -275,3 +275,20 @@ def test_solo_and_threads_worker_processes_capture_too(app, pool):
     python_level = [f"printed {pool}", f"WARNING logtests: logged {pool}", f"stderr {pool}"]
     c_level = [f"fd one {pool}", f"libc printf {pool}"]
     assert lines == (python_level + c_level if pool == "solo" else python_level)
+
+
+def test_stderr_output_alone_marks_the_task(app):
+    def grumble() -> str:
+        sys.stderr.write("only stderr\n")
+        return "done"
+
+    def hum() -> str:
+        sys.stdout.write("only stdout\n")
+        return "done"
+
+    with registered(app, grumble, "logtests.grumble") as loud, registered(app, hum, "logtests.hum") as quiet:
+        celerynb.start(workers=1)
+        grumbled, hummed = loud.delay(), quiet.delay()
+        assert grumbled.get(timeout=30) == hummed.get(timeout=30) == "done"
+    assert celerynb.logs(grumbled).marker == "warning" and celerynb.logs(grumbled).lines == ["only stderr"]
+    assert celerynb.logs(hummed).marker == "" and celerynb.logs(hummed).lines == ["only stdout"]
