@@ -31,6 +31,9 @@ class Kernel:
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=timeout)
+        #: Every stream output seen while running cells, whatever cell it was sent as part of
+        #: (output of a background thread may be routed to another cell than the one running).
+        self.streams: list[str] = []
 
     @property
     def pid(self) -> int:
@@ -56,9 +59,11 @@ class Kernel:
                 msg = self.kc.get_iopub_msg(timeout=remaining)
             except queue.Empty:
                 continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                self.streams.append(content["text"])
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 if content["name"] == "stdout":
                     reply.stdout += content["text"]

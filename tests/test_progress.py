@@ -99,7 +99,9 @@ def test_widget_shows_failure_with_exception(cluster):
     assert type(value).__name__ == "PermanentError"
     _, bar, detail = disp.rows[0]
     assert bar.bar_style == "danger" and bar.value == 100  # a full red bar, not an empty one
-    assert shown_text(detail.value) == "FAILURE PermanentError: cannot process 'fail'"
+    state, _, logs = shown_text(detail.value).partition(" logs (")
+    assert state == "FAILURE errors PermanentError: cannot process 'fail'"  # the task logged an ERROR: marked
+    assert logs.startswith("1 line): ERROR celerynb.workers.tasks: Task failed: cannot process 'fail'")
     assert "celerynb-badge" in detail.value and "white-space:normal" in detail.value  # wraps, not clipped
     assert bar.layout.min_width == bar.layout.width == "240px"  # a long message cannot squeeze the bar
 
@@ -268,7 +270,9 @@ def test_notebook_widgets_end_to_end(tmp_path):
     nb = run_notebook("progress_widgets.ipynb", tmp_path, interactive=True)
     cells = nb.cells
     assert stream_text(cells[2]).strip() == "SUCCESS 100.0 success SUCCESS"
-    assert stream_text(cells[3]).strip() == "danger FAILURE PermanentError: cannot process 'fail'"
+    failed, _, logs = stream_text(cells[3]).strip().partition(" logs (")
+    assert failed == "danger FAILURE errors PermanentError: cannot process 'fail'"  # it logged an ERROR: marked
+    assert logs.startswith("1 line): ERROR celerynb.workers.tasks: Task failed: cannot process 'fail'")
     assert stream_text(cells[4]).strip() == "RETRY (retry 1) TemporaryError -> SUCCESS"
     assert stream_text(cells[5]).strip() == "REVOKED REVOKED (cancelled)"
     lines = stream_text(cells[6]).strip().splitlines()

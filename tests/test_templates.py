@@ -21,6 +21,7 @@ from celerynb.display import _base, table
 from celerynb.display.progress import WidgetProgress
 from celerynb.display.status import ClusterStatus, TaskList
 from celerynb.display.table import TaskTable
+from celerynb.display.task_logs import TaskLogs
 from celerynb.display.text import TextProgress
 from celerynb.tracking.snapshot import TaskSnapshot
 
@@ -112,7 +113,11 @@ def every_display(follow, text: str) -> dict[str, str]:
     few_widget = WidgetProgress(ids, app)
     few_widget.refresh()
     shown["progress widget rows"] = "".join(detail.value for _, _, detail in few_widget.rows)
-    shown["task table"] = TaskTable(ids, app=app)._repr_html_()
+    logged = TaskTable(ids, app=app)
+    logged._logs.entries[ids[0]] = TaskLogs(ids[0], f"T{text}\n", level=40)  # as read from the backend
+    shown["task table"] = logged._repr_html_()
+    shown["task logs"] = TaskLogs("t", f"T{text}\n", level=30)._repr_html_()
+    shown["no task logs"] = TaskLogs("t", note="no logs")._repr_html_()
 
     worker = {"name": f"W{text}", "kind": "thread", "pool": f"P{text}", "concurrency": 2, "alive": True}
     running = {"running": True, "broker": f"redis://B{text}", "source": "embedded", "beat": True,
@@ -139,7 +144,9 @@ SHOWN = {
     "progress widget counts": "",
     "progress widget, final": "NE",
     "progress widget rows": "ES",
-    "task table": "NAWRE",
+    "task table": "NAWRET",
+    "task logs": "T",
+    "no task logs": "",
     "status card": "NWPBLQ",
     "cluster card": "WPBLQ",
     "stopped cluster card": "",

@@ -24,7 +24,7 @@ from celery.worker.consumer import Consumer
 from kombu.asynchronous import set_event_loop
 
 from celerynb import _compat
-from celerynb.workers import stopping
+from celerynb.workers import capture, stopping
 from celerynb.workers.base import run_tasks_as
 from celerynb.workers.consumer import Consumer as _NotebookConsumer
 
@@ -158,6 +158,8 @@ class InProcessWorker:
         # workers would share it, and one ending late (a warm stop waiting on a task) would
         # close it under the next cluster's worker.
         set_event_loop(None)
+        # Tasks' prints and records go to their own logs, never to the cell (until stop_workers).
+        capture.install("threads")
         self.controller = controller = _ThreadWorkController(
             app=app,
             hostname=self.hostname,
@@ -254,6 +256,7 @@ def stop_workers(workers: list[InProcessWorker], timeout: float = 5.0, *, at_exi
         if worker.controller is not None:
             worker.shutdown_pool_executor()
     still = _compat.active_request_ids()
+    capture.uninstall()  # the kernel's own streams back (tasks left running print there again)
     if not at_exit:
         _compat.clear_worker_stop_flags()
     return still

@@ -48,7 +48,7 @@ class _TaskRecords(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:
         if _from_a_worker(record):
             self.file_handler.handle(record)
-        elif logging.root.handlers == [self] and logging.lastResort and record.levelno >= logging.lastResort.level:
+        elif all(h is self or getattr(h, "celerynb_passive", False) for h in logging.root.handlers) and logging.lastResort and record.levelno >= logging.lastResort.level:
             logging.lastResort.handle(record)
         return True
 

@@ -17,6 +17,7 @@ from celery import Celery
 
 from celerynb.display import _views, lifetime, saved
 from celerynb.display.tally import GroupTally
+from celerynb.display.task_logs import LogCache, pane
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.awaiting import outcome
@@ -113,6 +114,7 @@ class ProgressDisplay:
         self._last_clock = 0.0
         self._parent = current_parent()
         self.tally = None if self.few else GroupTally(self.ids)
+        self.logs = LogCache(self.app) if self.few else None  # a few tasks: each row's log pane
         self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
         lifetime.adopt(self)  # a re-run of its cell closes it
@@ -211,7 +213,7 @@ class ProgressDisplay:
     def summary_html(self) -> str:
         """The final state as static HTML, readable without a kernel (saved notebooks, GitHub)."""
         views, group = self.views()
-        return render("progress_summary", group=group, views=views if self.few else [],
+        return render("progress_summary", group=group, views=views if self.few else [], panes=self.log_panes(),
                       counts=_views.counts_text(group) if group is not None else "",
                       elapsed=_views.format_duration(self.elapsed()))
 
@@ -232,8 +234,24 @@ class ProgressDisplay:
             self.refresh()
 
     def _on_tick(self) -> None:
+        if self._read_logs():
+            self._dirty = True
         if self._dirty or time.monotonic() - self._last_clock >= 1.0:
             self.refresh()
+
+    def _read_logs(self, final: bool = False) -> bool:
+        """The rows' logs (a few tasks only): running ones throttled, ended ones once."""
+        if self.logs is None:
+            return False
+        snaps = [self.monitor.snapshot(tid) for tid in self.ids]
+        running = [s.task_id for s in snaps if not s.ready and s.state not in ("PENDING", "RECEIVED")]
+        return self.logs.refresh(running, [s.task_id for s in snaps if s.ready], force=final)
+
+    def log_panes(self) -> dict[str, Any]:
+        """Task id -> what a template draws of its logs (absent: nothing written)."""
+        if self.logs is None:
+            return {}
+        return {tid: found for tid in self.ids if (found := pane(self.logs.get(tid))) is not None}
 
     def refresh(self, background: bool = True) -> None:
         """Redraw now; finish (static summary) once every task is ready."""
@@ -248,6 +266,7 @@ class ProgressDisplay:
                 self.ended = time.monotonic()
                 self.finished = True
                 self._span = self._tasks_span()
+                self._read_logs(final=True)  # the summary shows every task's logs as stored at its end
             self.draw(views, group)
         if done:
             self._remove_listener()

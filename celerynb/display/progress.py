@@ -79,11 +79,14 @@ class WidgetProgress(ProgressDisplay):
             self.group_bar.bar_style = group.bar_style
             self.group_label.value = render("progress_counts", group=group, styles=_views.BAR_STYLES)
         if self.rows:
+            panes = self.log_panes()
             for (name, bar, detail), view in zip(self.rows, views, strict=True):
                 name.value = view.name
                 bar.value = view.fill
                 bar.bar_style = view.bar_style
-                detail.value = render("progress_detail", view=view)  # escaped: user text is never HTML
+                html = render("progress_detail", view=view, logs=panes.get(view.task_id))  # escaped
+                if detail.value != html:  # unchanged: an opened log pane stays open
+                    detail.value = html
         elif group is not None:
             self._draw_many(group)
         percent = group.percent if group is not None else views[0].percent

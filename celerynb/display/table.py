@@ -16,6 +16,7 @@ from celery import Celery
 
 from celerynb.display import _views, lifetime, saved
 from celerynb.display._base import attached_to, current_parent
+from celerynb.display.task_logs import LogCache, pane
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
@@ -38,7 +39,7 @@ def _short(value: Any, width: int = 60) -> str:
 def _display_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row of :meth:`TaskTable.rows` with its times as shown: a time of day and a duration."""
     started, runtime = row["started"], row["runtime"]
-    return dict(row, style=row["_style"], fill=row["_fill"],
+    return dict(row, style=row["_style"], fill=row["_fill"], logs=pane(row["_logs"]),
                 started=time.strftime("%H:%M:%S", time.localtime(started)) if started else "",
                 runtime=_views.format_duration(runtime) if runtime is not None else "")
 
@@ -80,6 +81,7 @@ class TaskTable:
         self._display_id: str | None = None
         self._parent: dict | None = None
         self._dirty = True
+        self._logs = LogCache(self.app)  # each row's captured output (celerynb.logs)
         self.filter(states)
         self.sort(sort, descending)
         self._remove_listener = self.monitor.add_listener(self._on_change, None if self.kernel_wide else self.ids)
@@ -90,6 +92,7 @@ class TaskTable:
             self.monitor.track(self.ids)
         # The first picture shows what is stored now, not PENDING for tasks that already ended.
         self.monitor.read_now(self._visible_ids())
+        self._read_logs(force=True)
 
     # -- configuration -------------------------------------------------------------------
     def filter(self, states: list[str] | str | None = None) -> TaskTable:
@@ -129,6 +132,7 @@ class TaskTable:
                 for tid in dropped:  # what the table remembers stays bounded too
                     self._started.pop(tid, None)
                     self._ended.pop(tid, None)
+                self._logs.forget(dropped)
             # Only the newest ``limit`` tasks are rendered, so only they are followed: a
             # 5,000-task burst then costs the monitor a few hundred subscriptions, not 5,000.
             self.monitor.track(new[-self.limit:])
@@ -182,6 +186,7 @@ class TaskTable:
                 "id": tid, "name": view.name, "state": snap.state, "progress": view.percent,
                 "args": args, "worker": snap.worker or "",
                 "started": started, "runtime": runtime, "result": result, "_style": view.bar_style, "_fill": view.fill,
+                "_logs": self._logs.get(tid),
             })
         key = self.sort_column
         if key is None:
@@ -222,8 +227,22 @@ class TaskTable:
         except TimeoutError:
             pass  # the text says which are still unfinished
 
+    def _read_logs(self, force: bool = False) -> None:
+        """The shown rows' logs: running ones while they run (throttled), ended ones once."""
+        running, ended = [], []
+        for tid in self._visible_ids():
+            snap = self.monitor.snapshot(tid)
+            if snap.ready:
+                ended.append(tid)
+            elif snap.state not in ("PENDING", "RECEIVED"):
+                running.append(tid)
+        if self._logs.refresh(running, ended, force=force):
+            self._dirty = True
+
     def _on_tick(self) -> None:
         self._pull_submitted()
+        if self._live:
+            self._read_logs()
         if self._live and self._dirty:
             self._dirty = False
             html = self._repr_html_()

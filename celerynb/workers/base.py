@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.states import READY_STATES
 from kombu.exceptions import EncodeError
 
-from celerynb.workers import cells, started, stopping
+from celerynb.workers import capture, cells, started, stopping
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
@@ -39,14 +40,18 @@ class ArgumentNotSerializable(TypeError):
 
 
 class NotebookTask(Task):
-    """``celery.Task`` plus on-demand startup, errors that name the bad argument, and STARTED
-    written only for tasks that run long enough to be seen running (:mod:`.started`)."""
+    """``celery.Task`` plus on-demand startup, errors that name the bad argument, STARTED
+    written only for tasks that run long enough to be seen running (:mod:`.started`), and each
+    run's own output captured next to its result (:mod:`.capture`; read it with ``celerynb.logs``)."""
 
     #: Celery's immediate STARTED write is replaced by :mod:`celerynb.workers.started`, which
     #: follows ``task_track_started``; ``@app.task(track_started=True)`` restores Celery's own.
     track_started = False
     #: A cancel stops the task on threads and solo pools too (:mod:`celerynb.workers.stopping`).
     Request = "celerynb.workers.requests:StoppableRequest"
+    #: Each run's stdout, stderr and records go to its own stored logs (:mod:`.capture`), for
+    #: this app's cell tasks and shipped cells too.
+    captures_output = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -55,16 +60,19 @@ class NotebookTask(Task):
             request.hostname = node
         # Read by :mod:`.result_store`: the stored states carry when the task started and its runtime.
         request.celerynb_started = (time.time(), time.perf_counter())
-        try:
-            with started.started_later(self):
+        # Its stdout, stderr and logging records go to its own stored logs (:mod:`.capture`).
+        with started.started_later(self), capture.capturing(self, request):
+            try:
                 return super().__call__(*args, **kwargs)
-        finally:
-            stopping.leave_body()  # nothing is raised into Celery's bookkeeping that follows
+            finally:
+                stopping.leave_body()  # nothing is raised into the bookkeeping that follows
 
     def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None,
                      **kwargs: Any) -> None:
         if task_id is None or task_id == self.request.id:
             started.reporter.cancel(self.request.id)  # the task's own report replaces STARTED
+            if state in READY_STATES:
+                capture.flush_running()  # its logs stored before it looks ended
         super().update_state(task_id, state, meta, **kwargs)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:

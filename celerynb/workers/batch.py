@@ -33,7 +33,7 @@ from celery.app.task import Context
 from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
-from celerynb.workers import started
+from celerynb.workers import capture, started
 from celerynb.workers.batch_results import FLUSH_SIZE, ResultBuffer, flusher
 
 logger = logging.getLogger("celerynb.batch")
@@ -242,7 +242,8 @@ class BatchRunner:
         """What runs an item, as Celery's tracer picks it: ``run`` unless ``__call__`` is custom.
 
         ``NotebookTask.__call__`` is Celery's (which pushes the request and task again: done here
-        already) inside ``started_later``: only that part is kept, its checks made once.
+        already) inside ``started_later`` and ``capturing``: only those are kept, their checks
+        made once where they can be (each item still gets its own captured logs).
         """
         from celerynb.workers.base import NotebookTask
 
@@ -250,17 +251,20 @@ class BatchRunner:
         if call is Task.__call__:
             return task.run
         if call is NotebookTask.__call__:
-            if not started.reports_started(task):  # what started_later asks per call, once per batch
-                return task.run
+            body = task.run
+            reports = started.reports_started(task)  # what started_later asks per call, once per batch
             reporter = started.reporter
 
             def run(*args: Any, **kwargs: Any) -> Any:
-                task_id = task.request.id
-                reporter.schedule(task, task.request)
-                try:
-                    return task.run(*args, **kwargs)
-                finally:
-                    reporter.cancel(task_id)
+                request = task.request
+                with capture.capturing(task, request):  # each item's output is its own logs
+                    if not reports:
+                        return body(*args, **kwargs)
+                    reporter.schedule(task, request)
+                    try:
+                        return body(*args, **kwargs)
+                    finally:
+                        reporter.cancel(request.id)
             return run
         return task
 

@@ -4,10 +4,10 @@ Its broker and result backend are resolved on first use (see :mod:`celerynb.conf
 environment, then a running ``celerynb up``, else an embedded server started on demand.
 """
 
-from celery import Celery
+from celery import Celery, signals
 
 from celerynb import _compat
-from celerynb.workers import batch, cells, result_store, task_errors, urls
+from celerynb.workers import batch, capture, cells, result_store, task_errors, urls
 
 _compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
 _compat.explain_result_errors(annotate=task_errors.add_task_traceback)  # .get() shows the task's frames
@@ -24,6 +24,9 @@ cells.install(app)
 cells.add_cell_support_step(app)
 batch.register(app)  # celerynb.map's batch messages (celerynb.workers.batch)
 app.config_from_object("celerynb.workers.settings")
+# Each task's output captured in worker processes (in-kernel workers install their own).
+signals.worker_process_init.connect(capture.on_worker_process_init, weak=False, dispatch_uid="celerynb-capture-child")
+signals.worker_init.connect(capture.on_worker_init, weak=False, dispatch_uid="celerynb-capture-worker")
 app.on_configure.connect(urls.on_configure, sender=app, weak=False)
 
 __all__ = ["app"]

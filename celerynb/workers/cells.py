@@ -28,7 +28,7 @@ from celery.app.registry import TaskRegistry
 from celery.exceptions import NotRegistered
 
 from celerynb import _compat
-from celerynb.workers import started
+from celerynb.workers import capture, started
 from celerynb.workers.cell_records import (  # noqa: F401 - also the names callers use as cells.*
     HEADER,
     KEY_ENV,
@@ -248,7 +248,7 @@ class VersionCheckedTask(Task):
         if request.called_directly:  # ``task(...)`` in the notebook: Celery's own call
             return super().__call__(*args, **kwargs)
         version = message_version(request)
-        with started.started_later(self):
+        with started.started_later(self), capture.capturing(self, request):
             if version is None or version == self._celerynb_record["version"]:
                 return self.run(*args, **kwargs)  # what Celery's tracer calls for a plain task
             return run_version(self, version, args, kwargs)
@@ -268,7 +268,7 @@ class _CellTask(Task):
                 f"task {self.name!r} is not registered on worker {self.request.hostname or 'this worker'} "
                 "(and is no notebook cell)."
             )
-        with started.started_later(self):
+        with started.started_later(self), capture.capturing(self, self.request):
             return run_version(self, version, args, kwargs)
 
 
