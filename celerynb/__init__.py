@@ -2,6 +2,7 @@
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
 :func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`,
+:func:`retry_failed`, :func:`cancel`,
 :func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
 users catch, and the IPython extension (``%load_ext celerynb``).
 
@@ -30,13 +31,16 @@ from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 # must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "track", "raise_if_cancelled", "wait", "gather",
+    "progress", "TaskTable", "retry_failed", "cancel", "track", "raise_if_cancelled", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
     "CellRefused", "ClusterError", "InvalidURL", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
 
 _LAZY = {
     "progress": ("celerynb.display.progress", "progress"),
+    "retry_failed": ("celerynb.display.actions", "retry_failed"),
+    # TODO(lead): the public cancel is planned in celerynb/cluster/cancel.py; this one calls cancel_tasks.
+    "cancel": ("celerynb.display.actions", "cancel"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
     "wait": ("celerynb.tracking.awaiting", "wait"),
     "gather": ("celerynb.tracking.awaiting", "gather"),

@@ -408,7 +408,7 @@ def explain_result_errors(explain: Callable[[Any, str], str | None] | None = Non
             reason = _on_get["explain"](self, result.id) if "explain" in _on_get else None
             if reason is None:
                 raise
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: annotate says the task keeps running
             _on_get.get("annotate", lambda *_: None)(result, exc)
             raise
         raise ResultTimeout(reason) from None
