@@ -87,9 +87,11 @@ def test_interrupt_in_a_blocking_wait_returns_at_once(kernel):
     print(f"\ninterrupt -> reply: {took:.2f} s")
 
     # .get() says the same of its one task, as a note under the KeyboardInterrupt.
-    # The line printed just before: by the time it reaches us, the main thread is inside .get().
-    cell = Cell(kernel, "print('waiting', flush=True); r.get()")
+    # A line printed just before, then a redraw of a display (from the monitor's thread, at most
+    # a second later): by then the main thread is inside .get().
+    cell = Cell(kernel, "d = celerynb.progress(r, widget=True); print('waiting', flush=True); r.get()")
     cell.until(lambda m: m["msg_type"] == "stream" and "waiting" in m["content"]["text"])
+    cell.until(is_redraw)
     kernel.km.interrupt_kernel()
     reply = cell.reply()
     assert reply["ename"] == "KeyboardInterrupt"
@@ -97,6 +99,7 @@ def test_interrupt_in_a_blocking_wait_returns_at_once(kernel):
     tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
     assert "1 task keeps running; cancel it with celerynb.cancel(result)" in tb, tb
     drain(kernel.kc)
+
     cancelled = kernel.run("print(celerynb.cancel(r)); celerynb.progress(r, wait=True, timeout=20, widget=False)")
     assert cancelled.stdout.splitlines()[0] == "1", cancelled.stdout
     assert "REVOKED (cancelled)" in cancelled.text, cancelled
@@ -232,3 +235,29 @@ print(d.retry_button.model_id, d.retry_button.layout.display)
     assert lines[0] == "[0, 1, 2]", after.stdout
     assert "kt.flaky(1): 100% |####################| SUCCESS (attempt 2)" in lines, after.stdout
     assert lines[-1] == "none"
+
+
+def test_a_cancelled_gather_says_the_tasks_keep_running(cluster):
+    """ipykernel 7.4 interrupts an awaiting cell by cancelling its asyncio task, and only once the
+    awaited thing completes (``await asyncio.sleep(20)`` interrupted after 0.5 s returned after
+    19.8 s): so the Cancel button is the way out of an awaiting cell. A cancelled ``gather`` still
+    says what became of the tasks."""
+    import asyncio
+
+    import celerynb
+    from celerynb.workers.tasks import long_process
+
+    r = long_process.delay(list(range(300)), 0.1)
+
+    async def main():
+        waiting = asyncio.ensure_future(celerynb.gather(r))
+        await asyncio.sleep(0)  # let it subscribe: one turn of the loop, not a timing guess
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await waiting
+        return raised.value
+
+    err = asyncio.run(main())
+    assert str(err) == "1 task keeps running; cancel them with celerynb.cancel(results) or the Cancel button"
+    assert celerynb.cancel(r) == 1
+    assert celerynb.progress(r, wait=True, timeout=20, widget=False).__class__.__name__ == "TaskRevokedError"

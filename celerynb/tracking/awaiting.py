@@ -137,6 +137,9 @@ async def gather(*results: Any, timeout: float | None = None, return_exceptions:
         except KeyboardInterrupt:
             left = sum(1 for f in futures.values() if not f.done())
             raise KeyboardInterrupt(keep_running_note(left)) from None
+        except asyncio.CancelledError:  # how ipykernel 7 interrupts an awaiting cell: still cancelled
+            left = sum(1 for f in futures.values() if f.cancelled() or not f.done())
+            raise asyncio.CancelledError(keep_running_note(left)) from None
         except TimeoutError:
             left = sum(1 for f in futures.values() if f.cancelled() or not f.done())
             raise TimeoutError(
