@@ -33,7 +33,7 @@ __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
     "progress", "TaskTable", "retry_failed", "cancel", "track", "raise_if_cancelled", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
-    "CellRefused", "ClusterError", "InvalidURL", "ServerError", "TaskCancelled", "WorkerProcessError",
+    "CellRefused", "ClusterError", "InvalidURL", "NotResubmittable", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
 
 _LAZY = {
@@ -47,6 +47,7 @@ _LAZY = {
     "map": ("celerynb.bulk", "map"),
     "BulkSubmitError": ("celerynb.bulk", "BulkSubmitError"),
     "BackendNotObservable": ("celerynb.tracking.backend_source", "BackendNotObservable"),
+    "NotResubmittable": ("celerynb.tracking.resubmit", "NotResubmittable"),
 }
 
 
