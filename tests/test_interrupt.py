@@ -261,3 +261,40 @@ def test_a_cancelled_gather_says_the_tasks_keep_running(cluster):
     assert str(err) == "1 task keeps running; cancel them with celerynb.cancel(results) or the Cancel button"
     assert celerynb.cancel(r) == 1
     assert celerynb.progress(r, wait=True, timeout=20, widget=False).__class__.__name__ == "TaskRevokedError"
+
+
+def test_table_buttons_under_a_live_table(kernel):
+    code = SETUP + """
+import os, time, uuid
+os.environ["CELERYNB_NONINTERACTIVE"] = "0"  # a live table, as in JupyterLab (the tests run with it on)
+from celerynb.tracking.monitor import get_monitor
+key = "celerynb-test-ktable:" + uuid.uuid4().hex
+
+@app.task(name="kt.flaky_table", bind=True)
+def flaky(self, i):
+    if i != 0 and not self.app.backend.client.get(key):
+        raise ValueError("not ready")
+    return i
+
+res = [flaky.delay(i) for i in range(3)]
+get_monitor(app).wait([r.id for r in res], 30)
+t = celerynb.TaskTable(res)
+t
+"""
+    out = kernel.run(code, timeout=90)
+    assert out.status == "ok", out.error
+    assert "celerynb-task-table" in out.results[0]["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in out.results[1]  # the buttons, under the table
+    ids = kernel.run("print(t._actions.retry_button.model_id, t._actions.retry_button.description,"
+                     " t._actions.cancel_button.layout.display); app.backend.client.set(key, '1')")
+    model_id, *label, cancel_display = ids.stdout.split()
+    assert " ".join(label) == "Retry failed (2)" and cancel_display == "none"
+    click(kernel.kc, model_id)
+    after = kernel.run("""
+t.monitor.wait(t.ids, 30)
+deadline = time.monotonic() + 10
+while t._actions.shown and time.monotonic() < deadline:  # the next redraw puts the placeholder back
+    time.sleep(0.05)
+print(repr(t)); print(t._actions.shown); app.backend.client.delete(key)
+""")
+    assert after.stdout.splitlines() == ["<TaskTable 3 tasks: SUCCESS 3; 2 sent again (attempt 2)>", "False"], after

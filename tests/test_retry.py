@@ -148,3 +148,30 @@ def test_a_task_nobody_knows_is_not_retried(cluster):
     cluster.app.backend.store_result(tid, None, "REVOKED")
     with pytest.raises(NotResubmittable, match="submit it again"):
         celerynb.retry_failed(AsyncResult(tid, app=cluster.app))
+
+
+def test_many_tasks_retried_in_one_aggregate_bar(cluster, flaky_task, key):
+    results = [flaky_task.delay(i % 6, key) for i in range(12)]  # 6 fail: items 1, 3, 4 twice
+    disp = WidgetProgress([r.id for r in results], cluster.app)
+    assert not disp.few
+    disp.wait(timeout=30)
+    assert disp.failed_count() == 6 and disp.retry_button.layout.display is None
+    cluster.app.backend.client.set(key, "1")
+    disp.retry_button.click()
+    wait_for(lambda: disp.finished, timeout=30, message="aggregate finished again")
+    assert disp.wait(timeout=10) == [(i % 6) * 10 for i in range(12)]
+    assert disp.text().splitlines() == [
+        "12 tasks: 100% |####################| 12/12 done · SUCCESS 12",
+        "6 of 12 tasks sent again (attempt 2)",
+    ]
+
+
+def test_a_batched_map_item_goes_again_as_a_task_of_its_own(cluster, flaky_task, key):
+    mapped = celerynb.map(flaky_task, [(i, key) for i in range(6)], batch=3)
+    get_monitor(cluster.app).wait([r.id for r in mapped.results], 30)
+    cluster.app.backend.client.set(key, "1")
+    again = celerynb.retry_failed(mapped)
+    assert again.get(timeout=30) == [0, 10, 20, 30, 40, 50]
+    retried = [r for r in again.results if attempt_of(r.id) == 2]
+    assert len(retried) == 3
+    assert {submitted.get(r.id).name for r in retried} == {"tests.retry_flaky"}  # not the batch runner
