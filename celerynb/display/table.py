@@ -125,8 +125,8 @@ class TaskTable:
         return retry_failed(self)
 
     def cancel(self) -> None:
-        """Cancel the table's unfinished tasks (as ``celerynb.progress``'s Cancel does)."""
-        cancel_tasks(self.app, [tid for tid in self.ids if not self.monitor.snapshot(tid).ready])
+        """Cancel the unfinished tasks the table shows (as ``celerynb.progress``'s Cancel does)."""
+        cancel_tasks(self.app, [tid for tid in self._visible_ids() if not self.monitor.snapshot(tid).ready])
 
     def replace_tasks(self, mapping: dict[str, str]) -> None:
         """Show ``mapping[old]`` in the row of each ``old`` task (its retry)."""
