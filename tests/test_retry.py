@@ -175,3 +175,12 @@ def test_a_batched_map_item_goes_again_as_a_task_of_its_own(cluster, flaky_task,
     retried = [r for r in again.results if attempt_of(r.id) == 2]
     assert len(retried) == 3
     assert {submitted.get(r.id).name for r in retried} == {"tests.retry_flaky"}  # not the batch runner
+
+
+def test_an_eager_failure_is_retried_eagerly(cluster, flaky_task, key):
+    cluster.app.conf.task_always_eager = True  # the app fixture turns it off again
+    failed = flaky_task.delay(1, key)
+    assert failed.state == "FAILURE"
+    cluster.app.backend.client.set(key, "1")
+    again = celerynb.retry_failed(failed)
+    assert (type(again).__name__, again.get(), attempt_of(again.id)) == ("EagerResult", 10, 2)
