@@ -2,7 +2,7 @@
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
 :func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`logs`,
-:func:`track`, :func:`raise_if_cancelled`, :func:`cancel`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
+:func:`retry_failed`, :func:`cancel`, :func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
 users catch, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
@@ -30,13 +30,14 @@ from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 # must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "logs", "track", "raise_if_cancelled", "cancel", "wait", "gather",
+    "progress", "TaskTable", "logs", "retry_failed", "cancel", "track", "raise_if_cancelled", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
-    "CellRefused", "ClusterError", "InvalidURL", "ServerError", "TaskCancelled", "WorkerProcessError",
+    "CellRefused", "ClusterError", "InvalidURL", "NotResubmittable", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
 
 _LAZY = {
     "progress": ("celerynb.display.progress", "progress"),
+    "retry_failed": ("celerynb.display.actions", "retry_failed"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
     "cancel": ("celerynb.tracking.cancel", "cancel"),
     "logs": ("celerynb.display.task_logs", "logs"),
@@ -45,6 +46,7 @@ _LAZY = {
     "map": ("celerynb.bulk", "map"),
     "BulkSubmitError": ("celerynb.bulk", "BulkSubmitError"),
     "BackendNotObservable": ("celerynb.tracking.backend_source", "BackendNotObservable"),
+    "NotResubmittable": ("celerynb.tracking.resubmit", "NotResubmittable"),
 }
 
 

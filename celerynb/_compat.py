@@ -408,7 +408,7 @@ def explain_result_errors(explain: Callable[[Any, str], str | None] | None = Non
             reason = _on_get["explain"](self, result.id) if "explain" in _on_get else None
             if reason is None:
                 raise
-        except Exception as exc:  # noted: the task's own frames replace Celery's and vine's under this one
+        except BaseException as exc:  # noted (the task's frames replace Celery's and vine's); an interrupt too
             _on_get.get("annotate", lambda *_: None)(result, exc)
             raise exc.with_traceback(None) if getattr(exc, "_celerynb_noted", False) else exc  # noqa: B904
         raise ResultTimeout(reason) from None

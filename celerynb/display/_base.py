@@ -20,9 +20,10 @@ from celerynb.display.tally import GroupTally
 from celerynb.display.task_logs import LogCache, pane
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
-from celerynb.tracking.awaiting import outcome
+from celerynb.tracking.awaiting import keep_running_note, outcome
 from celerynb.tracking.cancel import cancel_tasks
 from celerynb.tracking.monitor import get_monitor
+from celerynb.tracking.resubmit import RETRYABLE, attempt_of
 from celerynb.tracking.snapshot import task_name
 from celerynb.tracking.submitted import submitted
 
@@ -118,8 +119,12 @@ class ProgressDisplay:
         self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
         lifetime.adopt(self)  # a re-run of its cell closes it
-        self.monitor.track(self.ids)
-        self.monitor.read_now(self.ids)  # the first picture: what is stored now
+        lifetime.register_live(self)  # follows retry_failed to the new attempts
+        self._follow(self.ids)
+
+    def _follow(self, task_ids: list[str]) -> None:
+        self.monitor.track(task_ids)
+        self.monitor.read_now(task_ids)  # the first picture: what is stored now
         if self.tally is not None:
             with self._lock:  # states known before the listener: once, then only changes
                 for tid in self.ids:
@@ -140,7 +145,7 @@ class ProgressDisplay:
         views = []
         for tid in self.ids:
             snap = self.monitor.snapshot(tid)
-            view = _views.task_view(snap, self._percent.get(tid, 0.0), task_name(tid, snap))
+            view = _views.task_view(snap, self._percent.get(tid, 0.0), task_name(tid, snap), attempt_of(tid))
             self._percent[tid] = view.percent
             if cancelling.requested(tid):
                 view = _views.cancelling(view)
@@ -206,6 +211,9 @@ class ProgressDisplay:
             lines += [_views.task_line(v) for v in views]
         else:
             lines += [_views.task_line(v) for v in group.failures]
+            retried = sum(1 for tid in self.ids if attempt_of(tid) > 1)
+            if retried:
+                lines.append(f"{retried} of {len(self.ids)} tasks sent again (attempt {self.last_attempt()})")
         if not self.finished and not self.monitor.connected:
             lines.append(DISCONNECTED)
         return "\n".join(lines)
@@ -283,17 +291,23 @@ class ProgressDisplay:
         """Subclasses: leave the final state (static HTML + deterministic text) in the output."""
 
     # -- user API --------------------------------------------------------------------------
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None, cancel_on_interrupt: bool = False) -> Any:
         """Block until every task ends; returns :meth:`results`.
+
+        A kernel interrupt (the stop button, Ctrl-C) stops the waiting at once: the tasks keep
+        running and the ``KeyboardInterrupt`` says how to cancel them; with
+        ``cancel_on_interrupt`` they are cancelled instead.
 
         Raises:
             TimeoutError: some task is still running after ``timeout`` seconds.
+            KeyboardInterrupt: interrupted while waiting.
         """
         if timeout is None:
             from celerynb.config import default_wait_timeout
 
             timeout = default_wait_timeout()  # bounded in CI / CELERYNB_NONINTERACTIVE=1
-        self.monitor.wait(self.ids, timeout)
+        with self.interruptible(cancel_on_interrupt):
+            self.monitor.wait(self.ids, timeout)
         was_finished = self.finished
         self.refresh(background=False)
         if was_finished:
@@ -301,6 +315,19 @@ class ProgressDisplay:
             # notebook (nbclient only records the running cell's messages) gets the outcome.
             self.publish_final()
         return self.results()
+
+    @contextlib.contextmanager
+    def interruptible(self, cancel_on_interrupt: bool) -> Iterator[None]:
+        """A ``KeyboardInterrupt`` in the block says what became of the unfinished tasks, in one line."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            unfinished = self.unfinished_ids()
+            if cancel_on_interrupt:
+                cancel_tasks(self.app, unfinished)
+                raise KeyboardInterrupt(f"cancelled {len(unfinished)} unfinished task(s) "
+                                        "(cancel_on_interrupt=True)") from None
+            raise KeyboardInterrupt(keep_running_note(len(unfinished))) from None
 
     def results(self) -> Any:
         """Return values (a failed task's exception in its place); one value for one task."""
@@ -310,14 +337,49 @@ class ProgressDisplay:
             values.append(outcome(snap, self.app)[1] if snap.ready else None)
         return values[0] if len(values) == 1 else values
 
-    def cancel(self) -> None:
-        """Cancel every unfinished task (see :func:`cancel_tasks` for what can be stopped)."""
+    def failed_count(self) -> int:
+        """How many tasks ended in FAILURE or REVOKED: what "Retry failed" would send again."""
         if self.tally is not None:
             with self._lock:
-                unfinished = self.tally.unfinished()
-        else:
-            unfinished = [t for t in self.ids if not self.monitor.snapshot(t).ready]
-        cancel_tasks(self.app, unfinished)
+                return sum(self.tally.counts.get(state, 0) for state in RETRYABLE)
+        return sum(1 for tid in self.ids if self.monitor.snapshot(tid).state in RETRYABLE)
+
+    def last_attempt(self) -> int:
+        return max((attempt_of(tid) for tid in self.ids), default=1)
+
+    def replace_tasks(self, mapping: dict[str, str]) -> None:
+        """Follow ``mapping[old]`` in the place of each ``old`` task (its retry), and come back to
+        life until the new attempts end: the listener and ticker are armed again."""
+        ids = [mapping.get(tid, tid) for tid in self.ids]
+        if ids == self.ids:
+            return
+        with self._lock:
+            self._remove_listener()
+            self._remove_ticker()
+            for old in mapping:
+                self._percent.pop(old, None)
+            self.ids = ids
+            self.tally = None if self.few else GroupTally(self.ids)
+            self.finished, self.ended, self._span, self._dirty = False, None, None, True
+            self.started = time.monotonic()
+            self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
+            self._remove_ticker = self.monitor.add_ticker(self._on_tick, REDRAW_EVERY)
+        self._follow(self.ids)  # tasks the monitor forgot since are read again
+        self.revive()
+        self.refresh()
+
+    def revive(self) -> None:
+        """Subclasses: show the live display again in place of the final summary."""
+
+    def unfinished_ids(self) -> list[str]:
+        if self.tally is not None:
+            with self._lock:
+                return self.tally.unfinished()
+        return [t for t in self.ids if not self.monitor.snapshot(t).ready]
+
+    def cancel(self) -> None:
+        """Cancel every unfinished task (see :func:`cancel_tasks` for what can be stopped)."""
+        cancel_tasks(self.app, self.unfinished_ids())
 
     def close(self) -> None:
         """Stop following the tasks (the display keeps its last state)."""

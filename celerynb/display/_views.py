@@ -45,6 +45,8 @@ class TaskView:
     detail: str
     ready: bool
     error: str = ""
+    #: 2, 3, ... for a task sent again by ``celerynb.retry_failed`` (its detail says so).
+    attempt: int = 1
 
     @property
     def fill(self) -> float:
@@ -146,8 +148,9 @@ def error_text(info: Any) -> str:
     return f"{info.get('exc_type')}: {message}" if message else str(info.get("exc_type"))
 
 
-def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None) -> TaskView:
-    """The view of one snapshot; ``previous`` keeps the bar where it was when a task fails."""
+def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None, attempt: int = 1) -> TaskView:
+    """The view of one snapshot; ``previous`` keeps the bar where it was when a task fails;
+    ``attempt`` > 1 for a task sent again (``retry_failed``)."""
     state = snap.state
     label = snap.name or name or "task"
     percent = previous
@@ -163,9 +166,9 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
         status = next((info[k] for k in STATUS_KEYS if isinstance(info.get(k), str) and info[k]), None)
         detail = f"{state} {percent:.0f}%" + (f" {status}" if status else "")
     elif state == states.RETRY:
-        attempt = (snap.retries or 0) + 1
+        retry_number = (snap.retries or 0) + 1
         error = error_text(snap.info)
-        detail = f"RETRY (retry {attempt})" + (f" {error}" if error else "")
+        detail = f"RETRY (retry {retry_number})" + (f" {error}" if error else "")
     elif state == states.FAILURE:
         error = error_text(snap.info)
         detail = f"FAILURE {error}" if error else "FAILURE"
@@ -180,9 +183,11 @@ def task_view(snap: TaskSnapshot, previous: float = 0.0, name: str | None = None
         detail = f"LOST ({error})"
     if snap.redeliveries:
         detail += f" (redelivered {snap.redeliveries}x after a worker was lost)"
+    if attempt > 1:
+        detail += f" (attempt {attempt})"
     return TaskView(
         task_id=snap.task_id, name=label, state=state, percent=percent,
-        bar_style=BAR_STYLES.get(state, "info"), detail=detail, ready=snap.ready, error=error,
+        bar_style=BAR_STYLES.get(state, "info"), detail=detail, ready=snap.ready, error=error, attempt=attempt,
     )
 
 

@@ -56,3 +56,17 @@ def on_pre_run_cell(info: Any) -> None:
 def on_post_run_cell(_result: Any) -> None:
     """IPython's ``post_run_cell`` event."""
     cell_finished()
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_live(display: Any) -> None:
+    """``display`` follows retried tasks to their new attempt (:func:`celerynb.retry_failed`); kept
+    weakly, so a display nobody holds goes away as before."""
+    _live.add(display)
+
+
+def live_displays() -> list[Any]:
+    """Every display made in this process and still alive."""
+    return list(_live)

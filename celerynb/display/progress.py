@@ -12,10 +12,11 @@ from celery import Celery
 
 from celerynb import _compat
 from celerynb.display import _views
-from celerynb.display._base import ProgressDisplay, current_cell, ipython
+from celerynb.display._base import ProgressDisplay, attached_to, cancel_tasks, current_cell, ipython, latest_request
 from celerynb.display.text import TextProgress
 from celerynb.rendering import render
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
+from celerynb.tracking.resubmit import RETRYABLE
 
 
 def widgets_available() -> bool:
@@ -47,11 +48,12 @@ class WidgetProgress(ProgressDisplay):
         self.group_bar = w.FloatProgress(value=0, min=0, max=100, layout=w.Layout(width="240px"))
         self.group_label = w.HTML()
         self.rows: list[tuple[Any, Any, Any]] = []
+        self.row_cancel_buttons: list[Any] = []
         children: list[Any] = []
         if n > 1:
             children.append(w.HBox([self.group_bar, self.group_label]))
         if n <= 10:
-            for _ in range(n):
+            for index in range(n):
                 # The bar keeps its width whatever the message beside it, which wraps rather
                 # than being cut at the cell's edge.
                 name, bar, detail = (w.Label(layout=w.Layout(min_width="160px")),
@@ -59,7 +61,10 @@ class WidgetProgress(ProgressDisplay):
                                                      layout=w.Layout(width="240px", min_width="240px")),
                                      w.HTML(layout=w.Layout(flex="1 1 auto", min_width="0")))
                 self.rows.append((name, bar, detail))
-                children.append(w.HBox([name, bar, detail], layout=w.Layout(align_items="center")))
+                row_cancel = w.Button(icon="stop", tooltip="Cancel this task", layout=w.Layout(width="32px"))
+                row_cancel.on_click(lambda _b, i=index: self.cancel_row(i))
+                self.row_cancel_buttons.append(row_cancel)
+                children.append(w.HBox([name, bar, row_cancel, detail], layout=w.Layout(align_items="center")))
         else:
             self.details = w.VBox()
             children.append(self.details)
@@ -67,10 +72,29 @@ class WidgetProgress(ProgressDisplay):
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning",
                                       tooltip="Revoke the unfinished tasks (see celerynb.progress docs)")
         self.cancel_button.on_click(lambda _b: self.cancel())
-        children.append(w.HBox([self.cancel_button, self.clock]))
+        self.retry_button = w.Button(description="Retry failed", icon="redo", button_style="info",
+                                     tooltip="Send the failed and cancelled tasks again (celerynb.retry_failed)",
+                                     layout=w.Layout(display="none"))
+        self.retry_button.on_click(lambda _b: self._retry_clicked())
+        children.append(w.HBox([self.cancel_button, self.retry_button, self.clock]))
         self.box = w.VBox(children)
         self.box.add_class("celerynb-progress")
+        self._failed = 0
         super().__init__(task_ids, app)
+
+    def cancel_row(self, index: int) -> None:
+        """The Cancel of one row: its task now (after a retry, the new attempt)."""
+        tid = self.ids[index]
+        if not self.monitor.snapshot(tid).ready:
+            cancel_tasks(self.app, [tid])
+
+    def _retry_clicked(self) -> None:
+        from celerynb.display.actions import retry_failed
+
+        try:
+            retry_failed(self)
+        except Exception as exc:  # noqa: BLE001 - a click has no cell to raise into: say it beside the buttons
+            self.clock.value = f"retry failed: {exc}"
 
     # -- drawing ---------------------------------------------------------------------------
     def draw(self, views: list[_views.TaskView], group: _views.GroupView | None) -> None:
@@ -89,11 +113,19 @@ class WidgetProgress(ProgressDisplay):
                     detail.value = html
         elif group is not None:
             self._draw_many(group)
+        for button, view in zip(self.row_cancel_buttons, views, strict=False):
+            button.layout.visibility = "hidden" if view.ready else "visible"  # the row keeps its place
         percent = group.percent if group is not None else views[0].percent
         self.clock.value = self.clock_text(percent)
-        if self.finished:  # nothing left to cancel: the button goes, the elapsed time stays
-            self.cancel_button.disabled = True
-            self.cancel_button.layout.display = "none"
+        # Nothing left to cancel: the button goes, the elapsed time stays; back after a retry.
+        self.cancel_button.disabled = self.finished
+        self.cancel_button.layout.display = "none" if self.finished else None
+        if group is not None:
+            self._failed = sum(group.counts.get(state, 0) for state in RETRYABLE)
+        else:
+            self._failed = sum(1 for v in views if v.state in RETRYABLE)
+        self.retry_button.layout.display = None if self._failed else "none"
+        self.retry_button.description = f"Retry failed ({self._failed})" if self._failed else "Retry failed"
 
     def _draw_many(self, group: _views.GroupView) -> None:
         import ipywidgets as w
@@ -109,10 +141,13 @@ class WidgetProgress(ProgressDisplay):
     def _bundle(self, final: bool) -> dict[str, Any]:
         """The widget while tasks run; once final, only static HTML and text: JupyterLab prefers a
         widget view to the HTML beside it and shows "model not found" for it in a saved notebook."""
-        if final:
+        if final and not self._failed:
             return {"text/plain": self.text(), "text/html": self.summary_html()}
+        # Failures stay a widget so that "Retry failed" can be clicked; the summary goes beside it.
         data = _compat.widget_mimebundle(self.box)
         data["text/plain"] = self.text()
+        if final:
+            data["text/html"] = self.summary_html()
         return data
 
     def show(self) -> WidgetProgress:
@@ -133,6 +168,15 @@ class WidgetProgress(ProgressDisplay):
 
         update_display(self._bundle(True), raw=True, display_id=self._handle_id, metadata=self.output_metadata())
 
+    def revive(self) -> None:
+        """After a retry: the live widget again where the final summary was."""
+        if self._handle_id is None:
+            return
+        from IPython.display import update_display
+
+        with attached_to(latest_request() or self._parent):
+            update_display(self._bundle(False), raw=True, display_id=self._handle_id)
+
     def _ipython_display_(self) -> None:
         if self._handle_id is not None and current_cell() == self._shown_in:
             return  # progress() already showed it in this cell
@@ -145,7 +189,7 @@ class WidgetProgress(ProgressDisplay):
 
 
 def progress(*results: Any, wait: bool = False, timeout: float | None = None, app: Celery | None = None,
-             widget: bool | None = None) -> Any:
+             widget: bool | None = None, cancel_on_interrupt: bool = False) -> Any:
     """Show live progress of tasks; returns the display (or, with ``wait=True``, the results).
 
     Args:
@@ -156,11 +200,15 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
         timeout: with ``wait``, seconds before ``TimeoutError``.
         app: the Celery app for plain ids (celerynb's app by default).
         widget: force the widget (True) or the text twin (False); chosen automatically by default.
+        cancel_on_interrupt: with ``wait``, a kernel interrupt (stop button, Ctrl-C) cancels the
+            unfinished tasks; by default they keep running and the interrupt says how to cancel them.
 
     Cancel: the display's Cancel button (or ``.cancel()``, or :func:`celerynb.cancel`) revokes
     queued tasks and stops running ones on every pool (see
     :func:`celerynb.tracking.cancel.cancel_tasks`); a task still inside a long call shows
     "cancelling" until it stops.
+    A few tasks get a Cancel per row too. "Retry failed" (shown once a task failed or was
+    cancelled) sends those again: see :func:`celerynb.retry_failed`.
     """
     ids, found_app = task_ids_of(results)
     if not ids:
@@ -175,10 +223,10 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
         if noninteractive():
             # No live output in CI: the one display is the final state, so nbval sees the same
             # text on every run (it ignores update_display_data).
-            values = display.wait(timeout)
+            values = display.wait(timeout, cancel_on_interrupt)
             display.show()
             return values
     display.show()
     if wait:
-        return display.wait(timeout)
+        return display.wait(timeout, cancel_on_interrupt)
     return display

@@ -15,12 +15,13 @@ from typing import Any
 from celery import Celery
 
 from celerynb.display import _views, lifetime, saved
-from celerynb.display._base import attached_to, current_parent
+from celerynb.display._base import attached_to, cancel_tasks, current_parent
 from celerynb.display.task_logs import LogCache, pane
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
+from celerynb.tracking.resubmit import RETRYABLE, attempt_of
 from celerynb.tracking.submitted import enable_submit_log, submitted
 
 COLUMNS = ("id", "name", "state", "progress", "args", "worker", "started", "runtime", "result")
@@ -39,7 +40,7 @@ def _short(value: Any, width: int = 60) -> str:
 def _display_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row of :meth:`TaskTable.rows` with its times as shown: a time of day and a duration."""
     started, runtime = row["started"], row["runtime"]
-    return dict(row, style=row["_style"], fill=row["_fill"], logs=pane(row["_logs"]),
+    return dict(row, style=row["_style"], fill=row["_fill"], logs=pane(row["_logs"]), attempt=row["_attempt"],
                 started=time.strftime("%H:%M:%S", time.localtime(started)) if started else "",
                 runtime=_views.format_duration(runtime) if runtime is not None else "")
 
@@ -87,6 +88,8 @@ class TaskTable:
         self._remove_listener = self.monitor.add_listener(self._on_change, None if self.kernel_wide else self.ids)
         self._remove_ticker = self.monitor.add_ticker(self._on_tick, REFRESH_EVERY)
         lifetime.adopt(self)  # a re-run of its cell closes it
+        lifetime.register_live(self)  # follows retry_failed to the new attempts
+        self._actions: Any = None  # the Cancel / Retry failed buttons under a live table
         self._pull_submitted()
         if self.ids:
             self.monitor.track(self.ids)
@@ -117,11 +120,47 @@ class TaskTable:
         self._remove_listener()
         self._remove_ticker()
 
+    # -- actions ---------------------------------------------------------------------------
+    def retry_failed(self) -> TaskTable:
+        """Send the table's failed and cancelled tasks again (see :func:`celerynb.retry_failed`);
+        their rows follow the new attempts."""
+        from celerynb.display.actions import retry_failed
+
+        return retry_failed(self)
+
+    def cancel(self) -> None:
+        """Cancel the unfinished tasks the table shows (as ``celerynb.progress``'s Cancel does)."""
+        cancel_tasks(self.app, [tid for tid in self._visible_ids() if not self.monitor.snapshot(tid).ready])
+
+    def replace_tasks(self, mapping: dict[str, str]) -> None:
+        """Show ``mapping[old]`` in the row of each ``old`` task (its retry)."""
+        ids = [mapping.get(tid, tid) for tid in self.ids]
+        if ids == self.ids:
+            return
+        new = [tid for tid in ids if tid not in self._shown]
+        self.ids = ids
+        self._shown = set(ids)
+        if not self.kernel_wide:
+            self._remove_listener()
+            self._remove_listener = self.monitor.add_listener(self._on_change, self.ids)
+        self.monitor.track(new)
+        self._dirty = True
+
+    def counts_to_act_on(self) -> tuple[int, int]:
+        """(unfinished, failed or cancelled) among the shown tasks: what the two buttons would touch."""
+        unfinished = failed = 0
+        for tid in self._visible_ids():
+            snap = self.monitor.snapshot(tid)
+            unfinished += not snap.ready
+            failed += snap.state in RETRYABLE
+        return unfinished, failed
+
     # -- data ------------------------------------------------------------------------------
     def _pull_submitted(self) -> None:
         if not self.kernel_wide:
             return
         new, self._seen_count = submitted.since(self._seen_count)
+        new = [tid for tid in new if tid not in self._shown]  # a retry already took its row
         if new:
             self.ids.extend(new)
             self._shown.update(new)
@@ -170,7 +209,8 @@ class TaskTable:
             if self.states is not None and snap.state not in self.states:
                 continue
             entry = submitted.get(tid)
-            view = _views.task_view(snap, 0.0, snap.name or (entry.name if entry else None))
+            attempt = attempt_of(tid)
+            view = _views.task_view(snap, 0.0, snap.name or (entry.name if entry else None), attempt)
             started, runtime = self._times(snap)
             if snap.state == "SUCCESS":
                 result = "(large result: read it with .get())" if snap.trimmed else _short(snap.info)
@@ -187,6 +227,7 @@ class TaskTable:
                 "args": args, "worker": snap.worker or "",
                 "started": started, "runtime": runtime, "result": result, "_style": view.bar_style, "_fill": view.fill,
                 "_logs": self._logs.get(tid),
+                "_attempt": attempt,
             })
         key = self.sort_column
         if key is None:
@@ -216,6 +257,9 @@ class TaskTable:
             state = self.monitor.snapshot(tid).state
             counts[state] = counts.get(state, 0) + 1
         summary = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        retried = [attempt_of(tid) for tid in self.ids if attempt_of(tid) > 1]
+        if retried:
+            summary += f"; {len(retried)} sent again (attempt {max(retried)})"
         return f"<TaskTable {len(self.ids)} tasks{': ' + summary if summary else ''}>"
 
     def _wait_for_rows(self) -> None:
@@ -249,6 +293,8 @@ class TaskTable:
             if html != self.html:
                 self.html = html
                 self._publish()
+                if self._actions is not None:
+                    self._actions.update(*self.counts_to_act_on())
 
     def _bundle(self) -> dict[str, Any]:
         return {"text/plain": repr(self), "text/html": self.html}
@@ -287,3 +333,7 @@ class TaskTable:
         handle = display(self._bundle(), raw=True, display_id=self._display_id or True,
                          metadata=self.output_metadata())
         self._display_id, self._parent, self._live = handle.display_id, current_parent(), True
+        from celerynb.display.buttons import ActionBar
+
+        self._actions = ActionBar(self.cancel, self.retry_failed, self._parent)
+        self._actions.show(*self.counts_to_act_on())

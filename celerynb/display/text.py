@@ -61,25 +61,29 @@ class TextProgress(ProgressDisplay):
             bar.set_postfix_str(_views_summary(views, group), refresh=False)
             bar.refresh()
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None, cancel_on_interrupt: bool = False) -> Any:
         stream = sys.stderr
         if not self.finished and hasattr(stream, "isatty") and stream.isatty():
-            from tqdm import tqdm
-
-            self._tqdm = tqdm(total=100, unit="%", file=stream, leave=True,
-                              bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}")
-            try:
-                while not self.finished:
-                    try:
-                        self.monitor.wait(self.ids, 0.2)
-                    except TimeoutError:
-                        pass
-                    self.refresh(background=False)
-            finally:
-                self._tqdm.close()
-                self._tqdm = None
+            with self.interruptible(cancel_on_interrupt):
+                self._wait_with_bar(stream)
         with attached_to(None):
-            return super().wait(timeout)
+            return super().wait(timeout, cancel_on_interrupt)
+
+    def _wait_with_bar(self, stream: Any) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm(total=100, unit="%", file=stream, leave=True,
+                          bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}] {postfix}")
+        try:
+            while not self.finished:
+                try:
+                    self.monitor.wait(self.ids, 0.2)
+                except TimeoutError:
+                    pass
+                self.refresh(background=False)
+        finally:
+            self._tqdm.close()
+            self._tqdm = None
 
 
 def _views_summary(views: list[TaskView], group: GroupView | None) -> str:

@@ -20,6 +20,12 @@ from celerynb import _compat
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 
 
+def keep_running_note(count: int) -> str:
+    """What an interrupted wait says: the tasks were not stopped, and how to stop them."""
+    tasks = "1 task keeps" if count == 1 else f"{count} tasks keep"
+    return f"{tasks} running; cancel them with celerynb.cancel(results) or the Cancel button"
+
+
 def task_ids_of(results: Iterable[Any]) -> tuple[list[str], Celery | None]:
     """Flatten results, result sets and id strings into task ids (and the app they came from)."""
     ids: list[str] = []
@@ -128,6 +134,12 @@ async def gather(*results: Any, timeout: float | None = None, return_exceptions:
                 resolve(monitor.full_snapshot(tid) if snap.trimmed else snap)
         try:
             await asyncio.wait_for(asyncio.gather(*futures.values()), timeout)
+        except KeyboardInterrupt:
+            left = sum(1 for f in futures.values() if not f.done())
+            raise KeyboardInterrupt(keep_running_note(left)) from None
+        except asyncio.CancelledError:  # how ipykernel 7 interrupts an awaiting cell: still cancelled
+            left = sum(1 for f in futures.values() if f.cancelled() or not f.done())
+            raise asyncio.CancelledError(keep_running_note(left)) from None
         except TimeoutError:
             left = sum(1 for f in futures.values() if f.cancelled() or not f.done())
             raise TimeoutError(
@@ -168,6 +180,9 @@ def join(ids: list[str], app: Celery, timeout: float | None = None, propagate: b
     monitor = get_monitor(app)
     try:
         snapshots = monitor.wait(ids, timeout, until_failure=propagate)
+    except KeyboardInterrupt:
+        left = sum(1 for tid in dict.fromkeys(ids) if not monitor.snapshot(tid).ready)
+        raise KeyboardInterrupt(keep_running_note(left)) from None
     except TimeoutError as exc:
         raise CeleryTimeoutError(str(exc)) from None
     values = []

@@ -58,19 +58,24 @@ def cancel(*results: Any, app: Celery | None = None) -> int:
 
     Args:
         results: ``AsyncResult``\\ s, a ``GroupResult``/``ResultSet``, what ``celerynb.map``
-            returns, lists of them, or task id strings.
+            returns, lists of them, task id strings, or a display (``progress(...)``, ``TaskTable``).
         app: the Celery app for plain ids (the results' own app, else celerynb's).
 
     Returns the number of tasks asked to stop (those already ended are left alone).
     """
-    ids, found_app = task_ids_of(results)
+    shown = [r for r in results if isinstance(getattr(r, "ids", None), list) and hasattr(r, "monitor")]
+    ids, found_app = task_ids_of([r for r in results if r not in shown])
+    for display in shown:
+        ids += display.ids
+        found_app = found_app or display.app
+    ids = list(dict.fromkeys(ids))
     if not ids:
         raise ValueError("cancel() needs tasks: pass an AsyncResult, a GroupResult, a list of them or task ids.")
     from celerynb.tracking.monitor import get_monitor
 
     monitor = get_monitor(app or found_app)
     monitor.track(ids)
-    monitor.read_now(ids)
+    monitor.read_now(ids, limit=len(ids))
     unfinished = [tid for tid in ids if not monitor.snapshot(tid).ready]
     cancel_tasks(monitor.app, unfinished)
     return len(unfinished)

@@ -43,6 +43,7 @@ class TaskSnapshot:
     args: Any = None
     kwargs: Any = None
     worker: str | None = None
+    queue: str | None = None  # the routing key it was delivered with (extended results)
     retries: int | None = None
     date_done: str | None = None
     #: When the task started (epoch seconds) and how long it ran (seconds), as its worker
@@ -73,6 +74,7 @@ class TaskSnapshot:
             args=meta.get("args"),
             kwargs=meta.get("kwargs"),
             worker=meta.get("worker"),
+            queue=meta.get("queue"),
             retries=meta.get("retries"),
             date_done=_text(meta.get("date_done")),
             started=_number(meta.get("date_started")),

@@ -20,6 +20,8 @@ class Submitted:
     argsrepr: str | None
     kwargsrepr: str | None
     sent_at: float  # time.time()
+    #: How it was sent, for :func:`celerynb.retry_failed`: queue, time limits, the caller's own headers.
+    options: dict[str, Any] | None = None
 
 
 class SubmittedLog:
@@ -35,8 +37,9 @@ class SubmittedLog:
         self._lock = threading.Lock()
         self.count = 0  # total ever recorded; readers remember where they stopped
 
-    def record(self, task_id: str, name: str | None, argsrepr: str | None, kwargsrepr: str | None) -> None:
-        entry = Submitted(task_id, name, argsrepr, kwargsrepr, time.time())
+    def record(self, task_id: str, name: str | None, argsrepr: str | None, kwargsrepr: str | None,
+               options: dict[str, Any] | None = None) -> None:
+        entry = Submitted(task_id, name, argsrepr, kwargsrepr, time.time(), options)
         with self._lock:
             self._entries[task_id] = entry
             self._order.append(task_id)
@@ -64,14 +67,42 @@ class SubmittedLog:
 submitted = SubmittedLog()
 
 
-def on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, **_: Any) -> None:
+#: Headers of Celery's task protocol 2: everything else in a message's headers is the caller's own.
+PROTOCOL_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
+    "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting", "stamped_headers",
+    "stamps", "chord", "callbacks", "errbacks", "chain", "link", "link_error",
+})
+
+
+def sent_options(headers: dict[str, Any], routing_key: str | None) -> dict[str, Any]:
+    """The ``apply_async`` options a message was sent with, as far as its headers tell: the queue
+    (routing key), time limits and headers of the caller's own. ETA and expiry are absolute times:
+    a resubmission does not repeat them."""
+    options: dict[str, Any] = {}
+    if routing_key:
+        options["queue"] = routing_key
+    hard, soft = (list(headers.get("timelimit") or ()) + [None, None])[:2]
+    if hard is not None:
+        options["time_limit"] = hard
+    if soft is not None:
+        options["soft_time_limit"] = soft
+    own = {k: v for k, v in headers.items() if k not in PROTOCOL_HEADERS}
+    if own:
+        options["headers"] = own
+    return options
+
+
+def on_publish(sender: Any = None, headers: dict | None = None, body: Any = None, routing_key: str | None = None,
+               **_: Any) -> None:
     headers = headers or {}
     task_id = headers.get("id")
     if task_id is None and isinstance(body, dict):  # task protocol 1
         task_id = body.get("id")
         headers = {"task": body.get("task"), "argsrepr": repr(body.get("args")), "kwargsrepr": repr(body.get("kwargs"))}
     if task_id:
-        submitted.record(task_id, headers.get("task") or sender, headers.get("argsrepr"), headers.get("kwargsrepr"))
+        submitted.record(task_id, headers.get("task") or sender, headers.get("argsrepr"), headers.get("kwargsrepr"),
+                         sent_options(headers, routing_key))
 
 
 def enable_submit_log() -> None:

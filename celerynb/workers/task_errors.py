@@ -21,6 +21,10 @@ on_noted: list[Callable[[BaseException], None]] = []
 _MACHINERY = re.compile(r'File "[^"]*[/\\](?:celery|kombu|vine|billiard|celerynb(?![/\\]workers[/\\]tasks\.py))[/\\"]')
 
 
+#: The one line an interrupted ``.get()`` adds: the task was not stopped, and how to stop it.
+INTERRUPTED_GET = "1 task keeps running; cancel it with celerynb.cancel(result) or the Cancel button"
+
+
 def own_frames(traceback_text: str) -> str:
     """The frames of a formatted traceback that are not Celery's or celerynb's, as text."""
     frames: list[list[str]] = []
@@ -34,8 +38,13 @@ def own_frames(traceback_text: str) -> str:
 
 
 def add_task_traceback(result: Any, exc: BaseException) -> None:
-    """Note the worker's frames of ``result``'s failure on ``exc`` (once per exception)."""
+    """Note the worker's frames of ``result``'s failure on ``exc`` (once per exception); on a
+    ``KeyboardInterrupt`` (the kernel's stop button during ``.get()``), that the task keeps running."""
     if getattr(exc, "_celerynb_noted", False) or not hasattr(exc, "add_note"):
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        exc.add_note(INTERRUPTED_GET)
+        exc._celerynb_noted = True  # type: ignore[attr-defined]
         return
     try:
         text = result.traceback
