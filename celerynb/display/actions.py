@@ -15,7 +15,6 @@ from celery.result import AsyncResult, GroupResult, ResultSet
 
 from celerynb.bulk.calls import BulkResult
 from celerynb.display import lifetime
-from celerynb.display._base import cancel_tasks
 from celerynb.tracking.awaiting import task_ids_of
 from celerynb.tracking.monitor import get_monitor
 from celerynb.tracking.resubmit import RETRYABLE, resubmit
