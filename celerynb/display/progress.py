@@ -141,13 +141,10 @@ class WidgetProgress(ProgressDisplay):
     def _bundle(self, final: bool) -> dict[str, Any]:
         """The widget while tasks run; once final, only static HTML and text: JupyterLab prefers a
         widget view to the HTML beside it and shows "model not found" for it in a saved notebook."""
-        if final and not self._failed:
+        if final:  # failures too: a saved notebook must show them (retry: celerynb.retry_failed)
             return {"text/plain": self.text(), "text/html": self.summary_html()}
-        # Failures stay a widget so that "Retry failed" can be clicked; the summary goes beside it.
         data = _compat.widget_mimebundle(self.box)
         data["text/plain"] = self.text()
-        if final:
-            data["text/html"] = self.summary_html()
         return data
 
     def show(self) -> WidgetProgress:
