@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from celery import Celery, Task
@@ -276,8 +276,7 @@ def queue_expires(channel: Any, queue: str) -> bool:
 
 
 def redis_list_key(channel: Any, queue: str, message: dict[str, Any]) -> str:
-    """The Redis list a message for ``queue`` goes to (priority suffix included): ``Channel._q_for_pri``
-    and ``Channel._get_message_priority`` (kombu 5.7.0)."""
+    """The Redis list of ``queue`` for a message: ``Channel._q_for_pri``/``_get_message_priority`` (kombu 5.7.0)."""
     return channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
 
 
@@ -288,19 +287,21 @@ def json_codec_is(dumps: Callable[..., str]) -> bool:
     return registry._encoders["json"][2] is dumps
 
 
-# -- the standard library and ipywidgets ---------------------------------------------------------------
+# -- the standard library, ipywidgets and ipykernel ---------------------------------------------------------------
 
 
 def run_before_thread_join_at_exit(hook: Callable[[], None]) -> None:
     """Run ``hook`` at exit before non-daemon threads (``concurrent.futures``) are joined, as a plain ``atexit``
     hook is not: ``threading._register_atexit`` (CPython 3.9-3.13), to stop a worker whose pool thread is busy."""
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:
-        return
-    try:
+    register = getattr(threading, "_register_atexit", lambda _hook: None)
+    with suppress(RuntimeError):  # already shutting down
         register(hook)
-    except RuntimeError:  # already shutting down
-        pass
+
+
+def act_on_clicks_at_once(widget: Any) -> None:
+    """A click acts while a cell blocks: handled on its own subshell, ``Comm._reply_subshell_for`` (ipykernel 7.4.0)."""
+    if hasattr(comm := getattr(widget, "comm", None), "_reply_subshell_for"):
+        comm._reply_subshell_for = lambda _data, default: default
 
 
 def widget_mimebundle(widget: Any) -> dict[str, Any]:
@@ -309,8 +310,7 @@ def widget_mimebundle(widget: Any) -> dict[str, Any]:
 
 
 def mark_revoked(task_id: str) -> None:
-    """Revoke a task in this process's workers now, not on their next loop turn as a broadcast does:
-    ``celery.worker.state.revoked`` (celery 5.7.0)."""
+    """Revoke a task in this process's workers now, not at a broadcast's turn: ``worker.state.revoked`` (celery 5.7.0)."""
     from celery.worker import state
 
     state.revoked.add(task_id)

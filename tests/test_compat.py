@@ -456,3 +456,14 @@ def test_explain_result_errors_replaces_the_timeout_only_when_explained(plain_ap
             plain_app.AsyncResult("other").get(timeout=0.2)
     finally:
         _compat.explain_result_errors(explain=submitted.explain_timeout)  # what the rest of the session runs with
+
+
+def test_act_on_clicks_at_once_routes_a_widgets_messages_to_their_own_subshell(kernel):
+    """ipykernel 7.4 routes a comm message by ``Comm._reply_subshell_for(data, default)``, default being
+    the subshell it came on; made from the main shell, a widget's comm answers the main shell (None)."""
+    reply = kernel.run(
+        "import ipywidgets as w\nfrom celerynb import _compat\n"
+        "plain, ours = w.Button(), w.Button()\n_compat.act_on_clicks_at_once(ours)\n"
+        "print(plain.comm._reply_subshell_for({}, 'sub-1'), ours.comm._reply_subshell_for({}, 'sub-1'))")
+    assert reply.status == "ok", reply.error
+    assert reply.stdout.split() == ["None", "sub-1"]

@@ -143,12 +143,12 @@ def create_subshell(kc) -> str:
             return reply["content"]["subshell_id"]
 
 
-def test_a_click_sent_on_a_subshell_waits_for_a_blocking_cell(kernel):
+def test_a_click_sent_on_a_subshell_cancels_a_blocking_cell_at_once(kernel):
     """What JupyterLab 4.6 does (``commsOverSubshells``: ``perCommTarget``, one subshell for
-    ``jupyter.widget``): the click comes with a subshell id. ipykernel 7.4 routes a comm message
-    back to the shell that last published on that comm (``Comm._reply_subshell_for``), and a
-    display's buttons are made and redrawn from the main shell: the click waits for the cell.
-    Should a release handle it on the subshell, this test fails and the README table changes."""
+    ``jupyter.widget``): the click comes with a subshell id. ipykernel 7.4 would route it to the
+    shell that last published on the button's comm, the main one, blocked in the cell; celerynb's
+    buttons are handled on the subshell they are clicked from (``_compat.act_on_clicks_at_once``),
+    so the Cancel acts while ``progress(wait=True)`` blocks and the cell returns at once."""
     info = kernel.kc.kernel_info(reply=True)["content"]
     if "kernel subshells" not in info.get("supported_features", []):
         pytest.skip("this ipykernel has no subshells")
@@ -160,18 +160,11 @@ def test_a_click_sent_on_a_subshell_waits_for_a_blocking_cell(kernel):
     cell.until(is_display)
     cell.until(is_redraw)
     click(kernel.kc, button, subshell_id)
-    # Ten redraws later (the clock ticks about once a second) the cell still runs: not cancelled.
-    for _ in range(3):
-        cell.until(is_redraw)
-    with pytest.raises(queue.Empty):
-        kernel.kc.get_shell_msg(timeout=0.1)
-    kernel.km.interrupt_kernel()
-    reply = cell.reply(timeout=10)
-    assert reply["ename"] == "KeyboardInterrupt"
+    reply = cell.reply(timeout=20)  # 30 s of work: it only returns this soon if cancelled
+    assert reply["status"] == "ok", reply
     drain(kernel.kc)
-    # The queued click ran once the cell ended: the task is cancelled now.
-    out = kernel.run("celerynb.progress(r, wait=True, timeout=20, widget=False)")
-    assert "REVOKED (cancelled)" in out.text, out
+    out = kernel.run("print(r.state)")
+    assert out.stdout.strip() == "REVOKED", out
 
 
 def test_a_click_during_an_awaiting_cell_cancels_at_once(kernel):

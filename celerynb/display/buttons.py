@@ -29,6 +29,8 @@ class ActionBar:
         self.message = w.Label()
         self.cancel_button.on_click(lambda _b: self._run(cancel))
         self.retry_button.on_click(lambda _b: self._run(retry))
+        for button in (self.cancel_button, self.retry_button):
+            _compat.act_on_clicks_at_once(button)  # even while a cell blocks
         self.box = w.HBox([self.cancel_button, self.retry_button, self.message])
         self.box.add_class("celerynb-table-actions")
         self.parent = parent

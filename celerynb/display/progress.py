@@ -79,6 +79,8 @@ class WidgetProgress(ProgressDisplay):
         children.append(w.HBox([self.cancel_button, self.retry_button, self.clock]))
         self.box = w.VBox(children)
         self.box.add_class("celerynb-progress")
+        for button in (self.cancel_button, self.retry_button, *self.row_cancel_buttons):
+            _compat.act_on_clicks_at_once(button)  # even while a cell blocks in wait()/get()
         self._failed = 0
         super().__init__(task_ids, app)
 
