@@ -19,7 +19,6 @@ returns (:func:`stop_raised`); meanwhile the displays say "cancelling".
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import threading
@@ -164,21 +163,6 @@ def leave_body() -> None:
     run = getattr(_local, "run", None)
     if run is not None and run.thread == threading.get_ident() and run.in_body:
         _leave(run)
-
-
-@contextlib.contextmanager
-def no_stop() -> Any:
-    """Nothing is raised into this thread inside the block (e.g. while storing a state)."""
-    run = getattr(_local, "run", None)
-    if run is None or not run.in_body:
-        yield
-        return
-    _leave(run)
-    try:
-        yield
-    finally:
-        with _lock:
-            run.in_body = True
 
 
 def _ensure_watchdog() -> None:
