@@ -1,4 +1,4 @@
-"""One test per shim of ``celerynb/_compat.py``: each fails loudly when a release of Celery,
+"""One test per shim of the package ``celerynb/_compat/``: each fails loudly when a release of Celery,
 kombu, ipywidgets or CPython removes or changes what the shim reaches for.
 
 They run against the installed versions, on a real embedded server where a shim needs one.

@@ -1,18 +1,10 @@
-"""Every use of another project's private attributes, in one place.
-
-Public APIs do not cover a worker inside a kernel, moving an app to a new server, or bulk
-publishing, so celerynb reaches into Celery, kombu, the standard library and ipywidgets here
-and nowhere else. Each shim names the version it was checked on; ``tests/test_compat.py``
-has one test per shim that fails loudly when a release removes what it reaches for.
-
-Checked on: celery 5.7.0, kombu 5.7.0, redis-py 8.1.0, ipywidgets 8.1.9, CPython 3.11-3.13.
-"""
+"""Celery's internals celerynb reaches for (checked on celery 5.7.0)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery, Task
@@ -213,102 +205,6 @@ def item_results(task: Task, task_ids: list[str]) -> list[Any]:
     return [cls(tid, backend, task.name, app) for tid in task_ids]
 
 
-# -- kombu: batch publishing and the Redis channel ---------------------------------------------------
-
-
-def supports_batch_publish(producer: Any) -> bool:
-    """Whether ``producer.batch()`` pipelines messages: ``Producer.supports_batch_publish`` (kombu 5.7.0;
-    absent before, where every message is published on its own)."""
-    return bool(getattr(producer, "supports_batch_publish", False))
-
-
-def reuse_redis_clients() -> None:
-    """One ``redis.Redis`` per kombu Redis channel and pool: ``Channel.conn_or_acquire`` (kombu 5.7.0)
-    builds one per publish, delivery and ack (~70 us each: redis-py 8's ~170 response callbacks),
-    though a client is only a handle on the pool. Idempotent; the async (pub/sub) client is untouched."""
-    from kombu.transport import redis as kombu_redis
-
-    channel_cls = kombu_redis.Channel
-    if getattr(channel_cls._create_client, "_celerynb_reuses", False):
-        return
-    original = channel_cls._create_client
-
-    def _create_client(self: Any, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return original(self, asynchronous)
-        cached = self.__dict__.get("_celerynb_client")
-        pool = self.pool
-        if cached is None or cached[0] is not pool:
-            cached = self.__dict__["_celerynb_client"] = (pool, original(self, False))
-        return cached[1]
-
-    _create_client._celerynb_reuses = True  # type: ignore[attr-defined]
-    channel_cls._create_client = _create_client
-
-
-_REDIS_CHANNEL_ATTRIBUTES = ("_put", "_q_for_pri", "_get_message_priority", "_expires", "conn_or_acquire")
-
-
-def is_redis_channel(channel: Any) -> bool:
-    """kombu's Redis transport channel, with the internals :func:`caught_puts` and friends use (5.7.0)."""
-    return all(hasattr(channel, name) for name in _REDIS_CHANNEL_ATTRIBUTES)
-
-
-@contextmanager
-def caught_puts(channel: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """Catch what kombu's Redis ``Channel._put(queue, message)`` would LPUSH, instead of sending it (5.7.0)."""
-    caught: list[tuple[str, dict[str, Any]]] = []
-    channel._put = lambda queue, message, **_: caught.append((queue, message))
-    try:
-        yield caught
-    finally:
-        del channel._put
-
-
-def put(channel: Any, queue: str, message: dict[str, Any]) -> None:
-    """Push one message as kombu would: ``Channel._put`` (kombu 5.7.0)."""
-    channel._put(queue, message)
-
-
-def queue_expires(channel: Any, queue: str) -> bool:
-    """Whether kombu adds a PEXPIRE per message to ``queue``: ``Channel._expires`` (kombu 5.7.0)."""
-    return queue in channel._expires
-
-
-def redis_list_key(channel: Any, queue: str, message: dict[str, Any]) -> str:
-    """The Redis list of ``queue`` for a message: ``Channel._q_for_pri``/``_get_message_priority`` (kombu 5.7.0)."""
-    return channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
-
-
-def json_codec_is(dumps: Callable[..., str]) -> bool:
-    """Whether kombu's registered JSON encoder is ``dumps``: ``SerializerRegistry._encoders`` (kombu 5.7.0)."""
-    from kombu.serialization import registry
-
-    return registry._encoders["json"][2] is dumps
-
-
-# -- the standard library, ipywidgets and ipykernel ---------------------------------------------------------------
-
-
-def run_before_thread_join_at_exit(hook: Callable[[], None]) -> None:
-    """Run ``hook`` at exit before non-daemon threads (``concurrent.futures``) are joined, as a plain ``atexit``
-    hook is not: ``threading._register_atexit`` (CPython 3.9-3.13), to stop a worker whose pool thread is busy."""
-    register = getattr(threading, "_register_atexit", lambda _hook: None)
-    with suppress(RuntimeError):  # already shutting down
-        register(hook)
-
-
-def act_on_clicks_at_once(widget: Any) -> None:
-    """A click acts while a cell blocks: handled on its own subshell, ``Comm._reply_subshell_for`` (ipykernel 7.4.0)."""
-    if hasattr(comm := getattr(widget, "comm", None), "_reply_subshell_for"):
-        comm._reply_subshell_for = lambda _data, default: default
-
-
-def widget_mimebundle(widget: Any) -> dict[str, Any]:
-    """What Jupyter would display for a widget: ``DOMWidget._repr_mimebundle_()`` (ipywidgets 8.1.9)."""
-    return dict(widget._repr_mimebundle_())
-
-
 def mark_revoked(task_id: str) -> None:
     """Revoke a task in this process's workers now, not at a broadcast's turn: ``worker.state.revoked`` (celery 5.7.0)."""
     from celery.worker import state
@@ -332,37 +228,6 @@ def unproxied(task: Any) -> Any:
     """The task behind the lazy proxy ``@app.task`` can hand out: ``Proxy._get_current_object`` (celery 5.7.0)."""
     resolve = getattr(task, "_get_current_object", None)
     return task if resolve is None else resolve()
-
-
-# -- kombu: messages a dead worker held ------------------------------------------------------------
-
-
-def unacked_messages(channel: Any) -> dict[str, dict[str, Any]]:
-    """Delivered, unacknowledged messages of kombu's Redis transport by delivery tag: the ``unacked`` hash
-    (``Channel.unacked_key``, 5.7.0) of ``[message, exchange, routing_key]``; kombu restores them only late."""
-    import json
-
-    raw = channel.client.hgetall(channel.unacked_key)
-    found = {}
-    for tag, value in raw.items():
-        try:
-            message = json.loads(value)[0]
-        except (ValueError, TypeError, IndexError):
-            continue
-        found[tag.decode() if isinstance(tag, bytes) else str(tag)] = message
-    return found
-
-
-def restore_unacked(channel: Any, tag: str) -> None:
-    """Put one unacknowledged message back on its queue now: ``QoS.restore_by_tag`` (kombu 5.7.0)."""
-    channel.qos.restore_by_tag(tag)
-
-
-def reserved_request_ids() -> list[str]:
-    """Ids of tasks this process's workers received but did not start: ``celery.worker.state.reserved_requests`` (5.7.0)."""
-    from celery.worker import state
-
-    return [request.id for request in list(state.reserved_requests)]
 
 
 # -- Celery: storing a task's state -------------------------------------------------------------------
