@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery
@@ -47,11 +47,29 @@ class Timeline:
         self.app = app
         self.ids = ids  # what refresh() reads again (None: records given as they are)
         self.now = time.time() if now is None else now
+        self._stamp: tuple[int, int, float] | None = None
+        self._cache: dict[str, Any] = {}
+
+    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Computed once per reading of the records: a display asks for the summary several times."""
+        stamp = (id(self.records), len(self.records), self.now)
+        if stamp != self._stamp:
+            self._stamp, self._cache = stamp, {}
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     # -- data ------------------------------------------------------------------------------
     @property
     def summary(self) -> layouts.Summary:
-        return layouts.summarize(self.records, self.now)
+        return self._cached("summary", lambda: layouts.summarize(self.records, self.now))
+
+    def _labels(self) -> dict[tuple[str, str], str]:
+        def compute() -> dict[tuple[str, str], str]:
+            lanes = layouts.lanes_of(self.records)
+            return dict(zip(lanes, layouts.lane_labels(lanes), strict=True))
+
+        return self._cached("labels", compute)
 
     def refresh(self) -> Timeline:
         """Read the tasks' timing again (for tasks that were still running)."""
@@ -61,8 +79,7 @@ class Timeline:
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per task (times in epoch seconds; ``lane`` as the picture labels it)."""
-        lanes = layouts.lanes_of(self.records)
-        labels = dict(zip(lanes, layouts.lane_labels(lanes), strict=True))
+        labels = self._labels()
         return [{"task_id": r.task_id, "name": r.name, "state": r.state, "worker": r.worker, "slot": r.slot,
                  "lane": labels.get(r.lane) if r.timed else None, "sent": r.sent, "started": r.started,
                  "ended": r.ended, "wait": r.wait, "runtime": r.runtime} for r in self.records]
@@ -78,7 +95,8 @@ class Timeline:
     # -- pictures --------------------------------------------------------------------------
     def svg(self) -> str:
         """The picture as a standalone SVG document."""
-        return render("timeline_svg", p=layouts.layout(self.records, self.now), lane=layouts.LANE)
+        return self._cached("svg", lambda: render("timeline_svg", lane=layouts.LANE,
+                                                  p=layouts.layout(self.records, self.now, self.summary)))
 
     def save(self, path: str) -> None:
         """Write the picture to ``path`` as SVG (opens in any browser, embeds in documents)."""
@@ -97,8 +115,7 @@ class Timeline:
         if summary.mean_wait is not None:
             mean, most = layouts.seconds(summary.mean_wait), layouts.seconds(summary.max_wait)
             notes.append(f"queue wait: mean {mean}, max {most}")
-        lanes = layouts.lanes_of(self.records)
-        labels = dict(zip(lanes, layouts.lane_labels(lanes), strict=True))
+        labels = self._labels()
         slowest = [{"name": r.name or r.task_id, "runtime": layouts.seconds(r.runtime), "lane": labels[r.lane]}
                    for r in summary.slowest]
         picture = base64.b64encode(self.svg().encode()).decode() if summary.timed else ""

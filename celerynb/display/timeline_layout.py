@@ -7,7 +7,7 @@ rendering), so the picture, the text twin and the tests all read the same number
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from celery import states
@@ -19,6 +19,8 @@ from celerynb.tracking.timing import TaskTiming
 #: Geometry of the picture (px): the plot sits right of the lane labels.
 WIDTH, LEFT, RIGHT, TOP = 760, 150, 16, 34
 LANE, GAP, QUEUE = 16, 4, 26
+#: The narrowest bar of a task that did not succeed (px); bars this narrow get no outline.
+MIN_MARK = 2.5
 #: How many of the slowest tasks the summary names.
 SLOWEST = 3
 
@@ -181,9 +183,9 @@ def _task_title(rec: TaskTiming, label: str) -> str:
     return f"{text} · {label}"
 
 
-def layout(records: Sequence[TaskTiming], now: float) -> Picture:
-    """The picture of ``records`` (running tasks drawn up to ``now``)."""
-    summary = summarize(records, now)
+def layout(records: Sequence[TaskTiming], now: float, summary: Summary | None = None) -> Picture:
+    """The picture of ``records`` (running tasks drawn up to ``now``; ``summary``: theirs, if known)."""
+    summary = summary or summarize(records, now)
     lanes = lanes_of(records)
     labels = lane_labels(lanes)
     timed = [r for r in records if r.started is not None]
@@ -219,25 +221,13 @@ def layout(records: Sequence[TaskTiming], now: float) -> Picture:
                 bars[-1] = Bar(last.x, y, max(last.width, x1 - last.x), fill,
                                f"{merged} tasks · {rec.state} · {label}", merged)
                 continue
-            bars.append(Bar(x0, y, max(x1 - x0, 1.0), fill, _task_title(rec, label)))
+            # A failure as short as a pixel still shows: at least MIN_MARK wide, drawn last.
+            least = 1.0 if style == "success" else MIN_MARK
+            bars.append(Bar(x0, y, max(x1 - x0, least), fill, _task_title(rec, label)))
+    bars.sort(key=lambda bar: bar.fill != THEME.fill("success"))  # stable: lanes keep their order
     queue, queue_label = "", ""
     if waits:
-        steps: list[tuple[float, int]] = []
-        for rec in waits:
-            steps += [(rec.sent, 1), (rec.started, -1)]  # type: ignore[list-item]
-        steps.sort()
-        depth, peak, base = 0, 0, TOP + QUEUE - 6
-        points = [(px(begin), base)]
-        heights: list[tuple[float, int]] = []
-        for t, delta in steps:
-            heights.append((t, depth))
-            depth += delta
-            heights.append((t, depth))
-            peak = max(peak, depth)
-        points += [(px(t), base - d * (QUEUE - 10) / max(peak, 1)) for t, d in heights]
-        points.append((px(end), base))
-        queue = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        queue_label = f"queued (max {peak})"
+        queue, queue_label = _queue_outline(waits, px, plot_left, plot_right, TOP + QUEUE - 6)
     step = _nice_step(span)
     ticks = [(px(begin + i * step), _tick_label(i * step, step)) for i in range(int(span / step) + 1)]
     legend = [(state, fill) for state, fill in sorted(used.items(), key=lambda item: _state_rank(item[0]))]
@@ -246,6 +236,26 @@ def layout(records: Sequence[TaskTiming], now: float) -> Picture:
     return Picture(WIDTH, height, summary.headline(),
                    [(top + i * (LANE + GAP) + LANE - 4, label) for i, label in enumerate(labels)],
                    bars, queue, TOP, queue_label, ticks, axis_y, legend, plot_left, plot_right)
+
+
+def _queue_outline(waits: Sequence[TaskTiming], px: Callable[[float], float], left: int, right: int,
+                   base: float) -> tuple[str, str]:
+    """The queued-tasks area as polygon points, one column per pixel (its deepest moment), and its label."""
+    steps = sorted([(r.sent, 1) for r in waits] + [(r.started, -1) for r in waits])  # type: ignore[misc]
+    columns = [0] * (right - left + 1)
+    depth = 0
+    for (t, delta), following in zip(steps, steps[1:] + [(None, 0)], strict=True):
+        depth += delta
+        if depth <= 0:
+            continue
+        first = int(px(t)) - left  # type: ignore[arg-type]
+        last = int(px(following[0])) - left if following[0] is not None else first  # type: ignore[arg-type]
+        for col in range(max(first, 0), min(last, len(columns) - 1) + 1):
+            columns[col] = max(columns[col], depth)
+    peak = max(columns)
+    scale = (QUEUE - 10) / max(peak, 1)
+    points = [(left, base)] + [(left + col, base - d * scale) for col, d in enumerate(columns)] + [(right, base)]
+    return " ".join(f"{x:.0f},{y:.1f}" for x, y in points), f"queued (max {peak})"
 
 
 def _first_seen(rec: TaskTiming) -> float:
