@@ -168,3 +168,15 @@ def test_tasks_without_timing_say_so():
 def test_mixed_input_is_refused():
     with pytest.raises(TypeError, match="not both"):
         celerynb.timeline([TaskTiming("a"), "some-id"])
+
+
+def test_running_tasks_are_drawn_up_to_now_and_counted_apart():
+    records = [TaskTiming("done", name="a", state="SUCCESS", worker="w@h", slot="1/a", sent=0.0, started=1.0, ended=2.0),
+               TaskTiming("busy", name="b", state="PROGRESS", worker="w@h", slot="1/b", sent=0.0, started=1.5)]
+    view = Timeline(records, now=4.0)
+    s = view.summary
+    assert (s.running, s.wall, s.busy) == (1, 4.0, 1.0 + 2.5)
+    assert "1 still running" in view._repr_html_()
+    root = ET.fromstring(view.svg())
+    running = [r for r in root.findall(f"{SVG}rect") if "PROGRESS" in (getattr(r.find(f"{SVG}title"), "text", "") or "")]
+    assert len(running) == 1 and running[0].get("fill") == THEME.fill("info")
