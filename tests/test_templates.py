@@ -23,7 +23,9 @@ from celerynb.display.status import ClusterStatus, TaskList
 from celerynb.display.table import TaskTable
 from celerynb.display.task_logs import TaskLogs
 from celerynb.display.text import TextProgress
+from celerynb.display.timeline import Timeline
 from celerynb.tracking.snapshot import TaskSnapshot
+from celerynb.tracking.timing import TaskTiming
 
 #: A fresh app takes in every shared task at finalize, including those other test modules
 #: registered twice under one name: their warning is not about displays.
@@ -132,6 +134,12 @@ def every_display(follow, text: str) -> dict[str, str]:
     task = app.task(name=f"N{text}", shared=False)(noop)  # shared: every later app would get it
     task.queue = f"Q{text}"  # set after binding: as a task option it is deprecated
     shown["task list"] = TaskList(app)._repr_html_()
+
+    timed = Timeline([TaskTiming(f"t{i}", name=f"N{text}", state=state, worker=f"W{text}", slot=f"1/{i}",
+                                 sent=10.0, started=10.0 + i, ended=11.0 + i)
+                      for i, state in enumerate(["SUCCESS", "FAILURE"])])
+    shown["timeline"] = timed._repr_html_()
+    shown["timeline picture"] = timed.svg()
     return shown
 
 
@@ -151,6 +159,8 @@ SHOWN = {
     "cluster card": "WPBLQ",
     "stopped cluster card": "",
     "task list": "NQ",
+    "timeline": "NW",
+    "timeline picture": "NW",
 }
 
 
