@@ -90,6 +90,9 @@ def store_result(backend: Any, task_id: str, result: Any, state: str, traceback:
 def add_timing(meta: dict[str, Any], state: str, request: Any) -> None:
     """``date_started`` (epoch seconds) on every state a running task stores, ``runtime`` on its
     end state: a display opened after the task ended still knows how long it ran."""
+    root = getattr(request, "root_id", None)
+    if root and root != meta.get("task_id"):  # Celery stores parent_id, not root_id: grouping by workflow needs it
+        meta["root_id"] = root
     began = getattr(request, "celerynb_started", None)
     if not began:
         return
