@@ -57,7 +57,7 @@ def run(quick: bool = False) -> dict[str, float]:
             start_reads = _reads(client)
             display = TextTree(tree, app)
             monitor = display.monitor
-            _until(lambda: not monitor._to_subscribe and monitor.stats["mget_keys"] >= members)
+            _until(lambda m=monitor, n=members: not m._to_subscribe and m.stats["mget_keys"] >= n)
             time.sleep(0.2)
             figures[f"canvas_first_picture_round_trips_{members}"] = _reads(client) - start_reads
             before, times = _reads(client), []
@@ -65,7 +65,7 @@ def run(quick: bool = False) -> dict[str, float]:
                 moved = ids[step * 5:step * 5 + 5]
                 for tid in moved:
                     app.backend.store_result(tid, {"progress": 10 + step}, "PROGRESS")
-                _until(lambda moved=moved: all(display.model.state(t).state == "PROGRESS" for t in moved))
+                _until(lambda moved=moved, d=display: all(d.model.state(t).state == "PROGRESS" for t in moved))
                 began = time.perf_counter()
                 display.refresh(background=False)
                 display.text()

@@ -65,6 +65,17 @@ class RowView:
     expanded: bool
     task_id: str | None = None
 
+    @property
+    def badge(self) -> str:
+        """A task row's state badge (``NOT RUN`` is two words); empty for inner rows."""
+        if not self.task_id:
+            return ""
+        return "NOT RUN" if self.detail.startswith("NOT RUN") else self.detail.split(" ")[0]
+
+    @property
+    def note(self) -> str:
+        return self.detail[len(self.badge):].strip()
+
 
 class TreeModel:
     """The live state of a workflow tree; not thread-safe (the display calls it under its lock)."""
