@@ -58,7 +58,7 @@ def rows_by_label(display):
     return rows
 
 
-def test_nested_canvas_reaches_success_with_every_node_right(tasks):
+def test_nested_canvas_reaches_success_with_every_node_right(tasks, tmp_path):
     add, total = tasks["add"], tasks["total"]
     workflow = chain(group(add.s(1, 1), add.s(2, 2)),
                      chord([chord([add.si(1), add.si(2)], total.s()), chord([add.si(3), add.si(4)], total.s())],
@@ -95,6 +95,17 @@ def test_nested_canvas_reaches_success_with_every_node_right(tasks):
     assert meta["display"] == "tree" and len(meta["task_ids"]) == 9
     again = celerynb.progress(CanvasNode.from_dict(meta["tree"]), widget=False)
     assert again.wait(timeout=10) == 10 and again.text() == display.text()
+    # ... and so does %celery reattach from a saved notebook (a tree, not a flat bar).
+    import nbformat
+
+    from celerynb.notebook import reattach
+
+    output = nbformat.v4.new_output("display_data", data={"text/plain": display.text()},
+                                    metadata=display.output_metadata())
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[output])]), path)
+    (back,) = reattach.reattach(path, tasks["app"])
+    assert isinstance(back, TextTree) and back.wait(timeout=10) == 10 and back.text() == display.text()
     # A TaskTable of the workflow: a row per task, all with the workflow's root id.
     table = celerynb.TaskTable(display.canvas.leaf_ids())
     roots = {row["root_id"] for row in table.rows()}
