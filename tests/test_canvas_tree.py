@@ -221,7 +221,11 @@ def test_signature_tree_keeps_celerys_ids(tasks):
     assert [n.kind for n in tree.children] == ["task", "chord"]  # Celery made group + task a chord
     result = sig.apply_async()
     assert result.id == tree.result_shape() and set(tree.leaf_ids()) >= {result.id}
-    result.get(timeout=20)
+    assert result.get(timeout=20) == 5  # (1 + 1) + (1 + 2)
+    # A result already sent: its links give the same chain (a TaskTable shows a row per task).
+    again = celerynb.TaskTable(result)
+    assert [row["id"] for row in again.rows()] == tree.leaf_ids()
+    assert {row["root_id"] for row in again.rows()} == {result.id}
 
 
 @pytest.mark.slow
