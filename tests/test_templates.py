@@ -118,6 +118,14 @@ def every_display(follow, text: str) -> dict[str, str]:
     logged = TaskTable(ids, app=app)
     logged._logs.entries[ids[0]] = TaskLogs(ids[0], f"T{text}\n", level=40)  # as read from the backend
     shown["task table"] = logged._repr_html_()
+    from celerynb.display.tree import TextTree, WidgetTree
+    from celerynb.tracking.canvas import CanvasNode
+
+    tree = CanvasNode("chain", children=[CanvasNode("task", i) for i in ids])
+    shown["canvas tree summary"] = TextTree(tree, app).summary_html()
+    tree_widget = WidgetTree(tree, app)
+    tree_widget.refresh()
+    shown["canvas tree widget"] = "".join(row[2].value + row[5].value for row in tree_widget.pool)
     shown["task logs"] = TaskLogs("t", f"T{text}\n", level=30)._repr_html_()
     shown["no task logs"] = TaskLogs("t", note="no logs")._repr_html_()
 
@@ -153,6 +161,8 @@ SHOWN = {
     "progress widget, final": "NE",
     "progress widget rows": "ES",
     "task table": "NAWRET",
+    "canvas tree summary": "NES",
+    "canvas tree widget": "NES",
     "task logs": "T",
     "no task logs": "",
     "status card": "NWPBLQ",
