@@ -130,6 +130,9 @@ def test_a_failing_member_turns_its_branch_red_and_its_siblings_stay_green(tasks
     assert rows["tree.boom"].detail == "FAILURE ValueError: boom"
     # The group after the failed step is never sent by Celery: the tree says so and ends.
     assert display.text().count("NOT RUN (an earlier step did not succeed)") == 2
+    # ...and its inner rows count them with the same words, not as REVOKED.
+    assert rows["chain (3 steps) · 4 tasks"].detail == "4/4 done · SUCCESS 1 · FAILURE 1 · NOT RUN 2", rows
+    assert "REVOKED" not in rows["group (3 members) · 9 tasks"].detail
     assert display.finished
 
 
@@ -236,6 +239,9 @@ def test_the_widget_tree_displays_in_a_real_kernel(kernel):
         "from celerynb.workers.tasks import long_process\n"
         "step = long_process.si([1, 2], delay=0.05)\n"
         "d = celerynb.progress(group(chain(step, step.clone()), step.clone()))\n"
+        "import time\n"
+        "deadline = time.monotonic() + 30\n"  # rows are drawn by the monitor's thread
+        "while len(d.pool) < 5 and time.monotonic() < deadline: time.sleep(0.02)\n"
         "print(type(d).__name__, len(d.pool))", timeout=90)
     assert reply.status == "ok", reply.error
     assert reply.stdout.split() == ["WidgetTree", "5"]

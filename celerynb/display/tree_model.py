@@ -14,7 +14,7 @@ never sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from celery import states
 
@@ -47,6 +47,7 @@ class Node:
     children: list[Node] = field(default_factory=list)
     leaves: list[str] = field(default_factory=list)  # every task under it (inner nodes)
     hidden: int = 0  # a "+N more" node: how many siblings it stands for
+    not_run: int = 0  # tasks under it that end NOT RUN (stored as REVOKED, counted apart)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,9 @@ class TreeModel:
             return
         ended = TaskSnapshot(task_id=tid, state=states.REVOKED, info=why, name=snap.name if snap else None)
         self.overrides[tid] = ended
+        if why == NOT_RUN_INFO:
+            for node in self.ancestors.get(tid, ()):
+                node.not_run += 1
         self._apply(ended)
 
     def cancelled(self, pending: list[str]) -> None:
@@ -235,6 +239,11 @@ class TreeModel:
             return self._leaf_row(node)
         group = node.tally.view()
         style = "danger" if any(group.counts.get(s) for s in FAILED) else group.bar_style
+        if node.not_run:  # the same words as its rows: NOT RUN, not REVOKED
+            counts = dict(group.counts)
+            counts["REVOKED"] = counts.get("REVOKED", 0) - node.not_run
+            counts = {state: n for state, n in counts.items() if n > 0} | {"NOT RUN": node.not_run}
+            group = replace(group, counts=counts)
         detail = f"{group.done}/{group.total} done · {_views.counts_text(group)}"
         return RowView(index=node.index, depth=node.depth, label=self.label(node), percent=group.percent,
                        fill=group.percent, bar_style=style, detail=detail, ready=group.ready,
