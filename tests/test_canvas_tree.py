@@ -16,7 +16,7 @@ from celerynb.display.tree import TextTree, WidgetTree
 from celerynb.display.tree_model import MAX_ROWS, TreeModel
 from celerynb.tracking import cancel as cancelling
 from celerynb.tracking.canvas import GROUP, TASK, CanvasNode, from_signature
-from celerynb.tracking.monitor import TaskSnapshot
+from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,11 @@ def test_nested_canvas_reaches_success_with_every_node_right(tasks, tmp_path):
     roots = {row["root_id"] for row in table.rows()}
     assert len(table.rows()) == 9 and len(roots) == 1 and None not in roots
     assert all(row["parent_id"] for row in table.rows()[1:])
-    assert len(celerynb.TaskTable(display.canvas.leaf_ids(), root=roots.pop()).rows()) == 9
-    assert len(celerynb.TaskTable(display.canvas.leaf_ids(), root="another").rows()) == 0
+    mine = celerynb.TaskTable(display.canvas.leaf_ids(), root=roots.pop())
+    other = celerynb.TaskTable(display.canvas.leaf_ids(), root="another")
+    assert len(mine.rows()) == 9 and len(other.rows()) == 0
+    for shown in (table, mine, other, back, display):  # tables tick until closed (the monitor stays busy)
+        shown.close()
 
 
 def test_a_failing_member_turns_its_branch_red_and_its_siblings_stay_green(tasks):
@@ -172,6 +175,17 @@ def test_a_failure_turns_the_branch_red_at_once():
     assert not model.finished and model.unfinished(model.root) == ["b1", "b2"]
 
 
+def test_a_cancel_names_the_reason_even_after_an_earlier_step_ended_first():
+    """Model level: a cancelled chain's first task is revoked before the cancel marks the later
+    steps: they never ran either way, and say "cancelled", not "an earlier step did not succeed"."""
+    model = TreeModel(CanvasNode("chain", children=[CanvasNode(TASK, t, "t") for t in ("c1", "c2", "c3")]))
+    model.update(TaskSnapshot(task_id="c1", state="REVOKED", info={}))  # the monitor's thread was first
+    model.cancelled(["c2", "c3"])
+    chain_row, *_, c2, c3 = model.rows()[0]
+    assert c2.detail == c3.detail == "REVOKED (cancelled before it ran)"
+    assert "NOT RUN" not in chain_row.detail and chain_row.detail.endswith("REVOKED 3"), chain_row.detail
+
+
 def _tree_of(ids: list[str]) -> CanvasNode:
     return CanvasNode("chain", children=[CanvasNode(TASK, ids[0], "tree.add"),
                                          CanvasNode(GROUP, children=[CanvasNode(TASK, t, "tree.add") for t in ids[1:]])])
@@ -184,10 +198,12 @@ def test_round_trips_per_refresh_are_bounded_whatever_the_size(tasks, members):
     app = tasks["app"]
     url = app.conf.result_backend
     ids = [str(uuid.uuid4()) for _ in range(members + 1)]
+    read_before = get_monitor(app).stats["mget_keys"]
     display = TextTree(_tree_of(ids), app)
     monitor = display.monitor
-    wait_for(lambda: not monitor._to_subscribe and monitor.stats["mget_keys"] > 0, message="first read")
-    time.sleep(0.3)  # the monitor's first read of every id is done (it is not a refresh)
+    # The monitor's first read of every id (not a refresh) is done before counting.
+    wait_for(lambda: not monitor._to_subscribe and monitor.stats["mget_keys"] - read_before >= len(ids),
+             message="first read")
     before = command_calls(url)
     for step in range(10):  # ten refreshes, each after 5 tasks moved (their states are pushed)
         moved = ids[step * 5:step * 5 + 5]
@@ -229,6 +245,7 @@ def test_signature_tree_keeps_celerys_ids(tasks):
     again = celerynb.TaskTable(result)
     assert [row["id"] for row in again.rows()] == tree.leaf_ids()
     assert {row["root_id"] for row in again.rows()} == {result.id}
+    again.close()
 
 
 @pytest.mark.slow

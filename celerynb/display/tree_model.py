@@ -182,6 +182,15 @@ class TreeModel:
 
     def _end_pending(self, tid: str, why: str) -> None:
         snap = self.snaps.get(tid)
+        ended = self.overrides.get(tid)
+        if why == CANCELLED_INFO and ended is not None and ended.info == NOT_RUN_INFO:
+            # Cancelled while an earlier step's end was marking it NOT RUN: it never ran either
+            # way, and the user's cancel is the reason to show.
+            self.overrides[tid] = self.snaps[tid] = TaskSnapshot(task_id=tid, state=states.REVOKED, info=why,
+                                                                 name=ended.name)
+            for node in self.ancestors.get(tid, ()):
+                node.not_run -= 1
+            return
         if tid in self.ready or (snap is not None and snap.state != states.PENDING):
             return
         ended = TaskSnapshot(task_id=tid, state=states.REVOKED, info=why, name=snap.name if snap else None)
