@@ -111,3 +111,15 @@ def reserved_request_ids() -> list[str]:
     return [request.id for request in list(state.reserved_requests)]
 
 
+
+
+# -- kombu: reading a Redis queue without consuming it (the cluster monitor) ------------------------
+
+
+def redis_queue_lists(channel: Any, queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``, in the order a worker takes from them, with the transport's
+    ``global_keyprefix`` (LRANGE is not among the commands kombu prefixes by itself): ``Channel._q_for_pri``
+    over ``Channel.priority_steps`` (kombu 5.7.0; a worker BRPOPs the same lists in this order)."""
+    prefix = getattr(channel, "global_keyprefix", "") or ""
+    lists = dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps)
+    return [prefix + name for name in lists]

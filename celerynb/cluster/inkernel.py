@@ -172,7 +172,10 @@ class InProcessWorker:
             loglevel=self.loglevel,
             logfile=self.logfile,
             ready_callback=None,
-            without_heartbeat=True,
+            # Task events and heartbeats, as worker processes send them (see processes.py); no
+            # mingle (a second's wait at start) nor gossip (every other worker's events processed here).
+            send_events=True,
+            without_heartbeat=False,
             without_mingle=True,
             without_gossip=True,
             optimization="fair",

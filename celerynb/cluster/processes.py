@@ -74,7 +74,10 @@ class WorkerProcess:
             sys.executable, "-m", "celery", "-A", self.app_path, "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", self.name, "--loglevel", "INFO",
-            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            # Events and heartbeats on (Flower, ``celery events``, the cluster monitor), for any app;
+            # mingle and gossip off: mingle waits ~1 s at start for other workers' replies, and gossip
+            # has every worker process every other worker's events (celerynb needs neither).
+            "--task-events", "--without-mingle", "--without-gossip",
         ]
         if self.queues:
             cmd += ["--queues", ",".join(self.queues)]

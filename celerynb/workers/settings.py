@@ -44,8 +44,11 @@ result_backend_transport_options = {
 # (kombu's default, 1 s, makes a kernel shutdown slow; 0.1 s costs ~10 cheap commands/s).
 broker_transport_options = {"visibility_timeout": 3600, "polling_interval": 0.1}
 
-# Workers: task events stay off (each costs a publish); Flower turns them on with
-# ``celery control enable_events``.
+# Events: the cluster is visible to Flower, ``celery events`` and ``celerynb.ClusterMonitor`` like any
+# well-run Celery cluster: clients send ``task-sent``, workers every task event (``-E``) and heartbeats.
+task_send_sent_event = True
+worker_send_task_events = True
+
 worker_hijack_root_logger = False
 # Accepts tasks registered after start, including shipped notebook cells.
 worker_consumer = "celerynb.workers.consumer:Consumer"
