@@ -262,6 +262,16 @@ def test_redis_queue_lists_are_the_lists_a_worker_takes_from_in_order(plain_app)
         channel.client.delete(*lists)
 
 
+def test_redis_bound_queues_lists_a_queue_a_client_sent_to(plain_app):
+    queue = f"compat-{uuid.uuid4().hex[:8]}"
+    with plain_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert queue not in _compat.redis_bound_queues(channel)
+        plain_app.send_task("compat.nothing", queue=queue)  # declares the queue, as any client does
+        assert queue in _compat.redis_bound_queues(channel)
+        channel.client.delete(queue, channel.keyprefix_queue % (queue,))
+
+
 def test_reuse_redis_clients_gives_a_channel_one_client_for_its_pool(plain_app):
     import redis
 

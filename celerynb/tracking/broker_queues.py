@@ -48,6 +48,11 @@ def decode(raw: bytes | str) -> tuple[str | None, str | None]:
     return (str(task_id) if task_id else None), headers.get("task")
 
 
+def _lrange(channel: Any, key: str, start: int, end: int) -> list[bytes]:
+    """LRANGE with the transport's ``global_keyprefix`` (kombu's client prefixes LLEN, not LRANGE)."""
+    return channel.client.lrange((getattr(channel, "global_keyprefix", "") or "") + key, start, end)
+
+
 class QueueReader:
     """Depths and waiting tasks of named queues, on one connection of its own (one thread uses it)."""
 
@@ -76,6 +81,11 @@ class QueueReader:
                 conn.release()
             except Exception:  # noqa: BLE001 - the broker may be gone
                 pass
+
+    def declared(self) -> list[str]:
+        """Queues the broker knows, consumed or not (Redis: kombu's bindings; elsewhere none)."""
+        channel = self._channel()
+        return _compat.redis_bound_queues(channel) if self._channel_is_redis(channel) else []
 
     def depths(self, names: list[str]) -> dict[str, int]:
         """Messages waiting in each queue (0 for one the broker does not know)."""
@@ -118,7 +128,7 @@ class QueueReader:
         for key in _compat.redis_queue_lists(channel, queue):
             if len(found) >= limit:
                 break
-            raw = client.lrange(key, -(limit - len(found)), -1)
+            raw = _lrange(channel, key, -(limit - len(found)), -1)
             for offset, item in enumerate(reversed(raw)):
                 task_id, name = decode(item)
                 if task_id:
@@ -138,7 +148,7 @@ class QueueReader:
             for key in _compat.redis_queue_lists(channel, queue):
                 length = int(client.llen(key))
                 for start in range(0, min(length, scan), CHUNK):  # from the tail: the next to run first
-                    raw = client.lrange(key, -(start + CHUNK), -(start + 1))
+                    raw = _lrange(channel, key, -(start + CHUNK), -(start + 1))
                     for offset, item in enumerate(reversed(raw)):
                         if needle in item and decode(item)[0] == task_id:
                             return Waiting(task_id, decode(item)[1], queue, before + start + offset + 1)

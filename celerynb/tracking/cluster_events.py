@@ -41,8 +41,12 @@ ENABLE_EVERY = 60.0
 FOLLOW_RUNNING = 200
 #: The event a monitor sends itself to know that its receiver gets events.
 PROBE = "celerynb-monitor-probe"
-#: Queues Celery uses for its own replies and events (never a task queue).
-_OWN_QUEUES = ("celeryev", "celery.pidbox", "reply.celery.pidbox")
+DECLARED_EVERY = 30.0
+
+
+def _task_queue(name: str) -> bool:
+    """Not one of the queues Celery uses for its events and remote control replies."""
+    return bool(name) and not name.startswith("celeryev") and not name.endswith("celery.pidbox")
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,15 @@ class ClusterEvents:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._polled = threading.Event()
         self._thread: threading.Thread | None = None
         self._receiver: Any = None
-        self._next = {"poll": 0.0, "stats": 0.0, "enable": 0.0}
+        self._next = {"poll": 0.0, "stats": 0.0, "enable": 0.0, "declared": 0.0}
+        self._declared: list[str] = []  # queues the broker knows (Redis), read every DECLARED_EVERY s
         self._followed: set[str] = set()
         self._dirty = True
         self._probe = uuid.uuid4().hex
+        self._asked = 0.0  # when inspect stats was last sent
 
     def __repr__(self) -> str:
         return f"<ClusterEvents app={self.app.main!r} tasks={len(self.state.tasks)} events={sum(self.counts.values())}>"
@@ -151,7 +158,9 @@ class ClusterEvents:
             self._thread = threading.Thread(target=self._run, name=f"celerynb-cluster-events-{self.app.main}",
                                             daemon=True)
             self._thread.start()
-        self._ready.wait(timeout)
+        deadline = time.monotonic() + timeout
+        self._ready.wait(timeout)  # events reach us
+        self._polled.wait(max(0.0, deadline - time.monotonic()))  # the first reading of queues and workers
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
@@ -190,16 +199,22 @@ class ClusterEvents:
         self._unfollow(set(self._followed))
 
     def _on_consume_ready(self, original: Callable[..., None]) -> Callable[..., None]:
-        """Once the receiver consumes: wake the workers up (heartbeats now) and send a probe event;
-        :meth:`start` returns when the probe comes back, i.e. when events really reach us."""
+        """Once the receiver consumes: wake the workers up (they send a heartbeat at once)."""
 
         def ready(*args: Any, **kwargs: Any) -> None:
             original(*args, **kwargs)
             self.connected, self.error = True, None
-            with self.app.events.default_dispatcher() as dispatcher:
-                dispatcher.send(PROBE, probe=self._probe)
 
         return ready
+
+    def _send_probe(self) -> None:
+        """An event to ourselves, sent until it comes back: then events really reach us (Redis
+        subscribes on the first drain, after the consumer says it is ready); :meth:`start` waits for it."""
+        try:
+            with self.app.events.default_dispatcher() as dispatcher:
+                dispatcher.send(PROBE, probe=self._probe)
+        except Exception:  # noqa: BLE001 - the next iteration sends another
+            logger.debug("celerynb cluster monitor: probe not sent", exc_info=True)
 
     # -- events ----------------------------------------------------------------------------
     def _on_event(self, event: dict[str, Any]) -> None:
@@ -211,8 +226,9 @@ class ClusterEvents:
         with self._lock:
             self.counts[kind] += 1
             self.state.event(event)  # a task-sent event's ``queue`` becomes the task's attribute
-            if kind == "worker-online":
-                self._next["stats"] = 0.0  # a new worker: ask its pool soon
+            if kind.startswith("worker-") and event.get("hostname") not in self._pools:
+                # A worker not asked yet: ask its pool soon (at most every 2 s).
+                self._next["stats"] = min(self._next["stats"], self._asked + 2.0)
         self._dirty = True
 
     def _changed(self) -> None:
@@ -226,6 +242,9 @@ class ClusterEvents:
         """Called by the receiver between events (at least every ``safety_interval``)."""
         if self._stop.is_set():
             self._receiver.should_stop = True
+            return
+        if not self._ready.is_set():
+            self._send_probe()
             return
         now = time.monotonic()
         if now >= self._next["enable"] and self.enable_events:
@@ -250,10 +269,12 @@ class ClusterEvents:
             logger.debug("celerynb cluster monitor: %s failed", command, exc_info=True)
 
     def _read_stats(self) -> None:
+        self._asked = time.monotonic()
         try:
             inspect = self.app.control.inspect(timeout=0.5)
             stats = inspect.stats() or {}
-            queues = inspect.active_queues() or {}
+            # The queues workers consume change rarely: asked with the broker's declared queues.
+            queues = (inspect.active_queues() or {}) if time.monotonic() >= self._next["declared"] else {}
         except Exception:  # noqa: BLE001
             return
         with self._lock:
@@ -263,19 +284,20 @@ class ClusterEvents:
             for found in queues.values():
                 for queue in found or []:
                     name = queue.get("name") if isinstance(queue, dict) else None
-                    if name and not name.startswith(_OWN_QUEUES):
+                    if name and _task_queue(name):
                         self._worker_queues.add(name)
 
     def queue_names(self) -> list[str]:
         """Every queue worth watching: the app's, the workers', those events and the caller named."""
-        names = dict.fromkeys([*self.app.amqp.queues.keys(), *sorted(self._worker_queues), *self._extra_queues])
+        names = dict.fromkeys([*self.app.amqp.queues.keys(), *sorted(self._worker_queues), *self._extra_queues,
+                               *self._declared])
         with self._lock:
             tasks = list(self.state.tasks.values())[-1000:]
         for task in tasks:
             queue = getattr(task, "queue", None)
             if queue:
                 names[queue] = None
-        return [n for n in names if n and not n.startswith(_OWN_QUEUES)]
+        return [n for n in names if _task_queue(n)]
 
     def watch_queue(self, name: str) -> None:
         if name not in self._extra_queues:
@@ -283,8 +305,11 @@ class ClusterEvents:
             self._next["poll"] = 0.0
 
     def _read_queues(self, reader: QueueReader) -> None:
-        names = self.queue_names()
         try:
+            if time.monotonic() >= self._next["declared"]:
+                self._next["declared"] = time.monotonic() + DECLARED_EVERY
+                self._declared = sorted(reader.declared())
+            names = self.queue_names()
             depths = reader.depths(names)
             waiting = reader.peek(names)
             can_peek = reader.can_peek
@@ -293,6 +318,7 @@ class ClusterEvents:
             return
         with self._lock:
             self.depths, self.waiting, self.can_peek = depths, waiting, can_peek
+        self._polled.set()
 
     def _follow_running(self) -> None:
         """Running tasks of the window are followed in the result backend (PROGRESS meta); ended ones let go."""
