@@ -114,40 +114,44 @@ def test_embedded_monitor_sees_another_clients_tasks_queued_ones_and_progress(em
     from conftest import registered
 
     from celerynb.display.cluster import ClusterMonitor
+    from celerynb.workers.tasks import analyze_content
 
     env = dict(os.environ, MON_BROKER=embedded.broker_url, MON_BACKEND=embedded.app.conf.result_backend,
                MON_PREFIX="")
     queue = f"mon-waiting-{uuid.uuid4().hex[:8]}"
     waiting = run_client(env, "tasks.analyze_content", queue, 3)  # before the monitor: no worker reads it
-    monitor = ClusterMonitor(embedded.app, rows=10)
-    monitor._waiting_queue = queue
-    try:
-        assert queue in monitor.events.queue_names() or wait_for(lambda: queue in monitor.events.queue_names())
-        worker = embedded.workers[0].hostname
-        check_cluster(monitor, env, worker=worker, pool="threads", concurrency=4, name="tasks.analyze_content",
-                      queue="default", waiting=waiting, peek=True)
-        # PROGRESS meta, which events do not carry, from the result backend.
-        release = threading.Event()
+    release = threading.Event()
 
-        def halfway(self):
-            self.update_state(state="PROGRESS", meta={"progress": 50})
-            release.wait(20)
-            return "done"
+    def halfway(self):
+        self.update_state(state="PROGRESS", meta={"progress": 50})
+        release.wait(20)
+        return "done"
 
-        with registered(embedded.app, halfway, "tests.monitor.halfway", bind=True) as task:
-            result = task.delay()
+    with registered(embedded.app, halfway, "tests.monitor.halfway", bind=True) as task:
+        result = task.delay()  # running before the monitor starts: its events are gone
+        wait_for(lambda: result.state == "PROGRESS", timeout=15, message="the task to report progress")
+        monitor = ClusterMonitor(embedded.app, rows=10)
+        monitor._waiting_queue = queue
+        try:
+            worker = embedded.workers[0].hostname
+            # Seen through the worker (inspect active), its PROGRESS meta from the result backend.
             row = wait_for(lambda: next((r for r in monitor._task_rows(0) if r["id"] == result.id
                                          and r["state"] == "PROGRESS"), None), timeout=15, message="PROGRESS row")
-            assert row["percent"] == 50 and row["worker"] == worker
-            sent = monitor.events.task(result.id)
-            assert sent.sent is not None  # celerynb's app sends task-sent events
+            assert row["percent"] == 50 and row["worker"] == worker and row["name"] == "tests.monitor.halfway"
             release.set()
             assert result.get(timeout=10) == "done"
-    finally:
-        monitor.stop()
+            assert queue in monitor.events.queue_names()  # the broker knows it: no one told the monitor
+            check_cluster(monitor, env, worker=worker, pool="threads", concurrency=4, name="tasks.analyze_content",
+                          queue="default", waiting=waiting, peek=True)
+            ours = analyze_content.delay("sent from here")
+            wait_for(lambda: (r := monitor.events.task(ours.id)) and r.sent and r.queue == "default",
+                     message="celerynb's app sends task-sent events")
+        finally:
+            release.set()
+            monitor.stop()
     assert monitor.stopped and not monitor.events.running and "(stopped)" in monitor.text()
     before = monitor.events.counts["task-succeeded"]
-    embedded.app.send_task("tasks.analyze_content", args=("after stop",)).get(timeout=10)
+    embedded.app.send_task("tasks.analyze_content", args=("after stop",), queue="default").get(timeout=10)
     assert monitor.events.counts["task-succeeded"] == before  # stopped means stopped
 
 

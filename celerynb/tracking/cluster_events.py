@@ -6,8 +6,11 @@ One daemon thread holds an ``app.events.Receiver`` (its own auto-deleted queue b
 event type cover all of them. Between events the same thread reads, at most every ``poll``
 seconds, the queues' depths and the tasks waiting at their head (Redis: without consuming; see
 :mod:`celerynb.tracking.broker_queues`), and asks the workers for their pool and concurrency
-(``inspect stats``, every ``STATS_EVERY`` s). Running tasks are followed in the result backend
-through the shared task monitor, for the PROGRESS meta that events do not carry.
+(``inspect stats``, every ``STATS_EVERY`` s; once, at start, what they run and hold:
+``inspect active`` / ``reserved``, the events of which came before the monitor). Queues are the
+app's, the workers', those events name and, on Redis, every queue the broker knows (kombu's
+bindings, every ``DECLARED_EVERY`` s). Running tasks are followed in the result backend through
+the shared task monitor, for the PROGRESS meta that events do not carry (and names events missed).
 
 Tasks are seen whoever sent them: a client with ``task_send_sent_event`` (celerynb's app) says
 ``task-sent``; any other client's task is seen waiting in a Redis queue, then ``task-received``
@@ -146,6 +149,7 @@ class ClusterEvents:
         self._dirty = True
         self._probe = uuid.uuid4().hex
         self._asked = 0.0  # when inspect stats was last sent
+        self._seeded = False  # running and reserved tasks asked once, at start
 
     def __repr__(self) -> str:
         return f"<ClusterEvents app={self.app.main!r} tasks={len(self.state.tasks)} events={sum(self.counts.values())}>"
@@ -277,6 +281,9 @@ class ClusterEvents:
             queues = (inspect.active_queues() or {}) if time.monotonic() >= self._next["declared"] else {}
         except Exception:  # noqa: BLE001
             return
+        if stats and not self._seeded:
+            self._seeded = True
+            self._seed_from_workers(self.app.control.inspect(timeout=0.5, limit=len(stats)))
         with self._lock:
             for hostname, found in stats.items():
                 if isinstance(found, dict):
@@ -286,6 +293,30 @@ class ClusterEvents:
                     name = queue.get("name") if isinstance(queue, dict) else None
                     if name and _task_queue(name):
                         self._worker_queues.add(name)
+
+    def _seed_from_workers(self, inspect: Any) -> None:
+        """Tasks the workers run or hold when the monitor starts (their events came before it):
+        ``inspect active`` and ``reserved``, fed to the State as the events it missed."""
+        try:
+            found = [("task-started", inspect.active() or {}), ("task-received", inspect.reserved() or {})]
+        except Exception:  # noqa: BLE001 - the events that follow still show them as they move
+            return
+        with self._lock:
+            for kind, by_worker in found:
+                for hostname, requests in by_worker.items():
+                    for request in requests or []:
+                        task_id = request.get("id") if isinstance(request, dict) else None
+                        if not task_id or task_id in self.state.tasks:
+                            continue
+                        queue = (request.get("delivery_info") or {}).get("routing_key")
+                        began = request.get("time_start")  # wall time on some versions, monotonic on others
+                        began = began if isinstance(began, int | float) and began > 1e9 else time.time()
+                        self.state.event({
+                            "type": kind, "uuid": task_id, "hostname": hostname, "clock": 0,
+                            "local_received": None,  # not a heartbeat of the worker
+                            "timestamp": began, "name": request.get("name"),
+                            "args": str(request.get("args")), "kwargs": str(request.get("kwargs")), "queue": queue,
+                        })
 
     def queue_names(self) -> list[str]:
         """Every queue worth watching: the app's, the workers', those events and the caller named."""
@@ -325,14 +356,21 @@ class ClusterEvents:
         from celerynb.tracking.backend_source import BackendNotObservable
         from celerynb.tracking.monitor import get_monitor
 
+        monitor = get_monitor(self.app)
         with self._lock:
-            running = {t.uuid for t in list(self.state.tasks.values())[-FOLLOW_RUNNING * 5:]
-                       if t.state in ("STARTED", "RECEIVED", "RETRY") and not t.ready}
+            recent = list(self.state.tasks.values())[-FOLLOW_RUNNING * 5:]
+            # Names the events did not carry (a task received before the monitor started): the
+            # result backend has them (result_extended), read by the same follow.
+            for task in recent:
+                if task.name is None and task.uuid in self._followed:
+                    task.name = monitor.snapshot(task.uuid).name
+            running = {t.uuid for t in recent
+                       if (t.state in ("STARTED", "RECEIVED", "RETRY") and not t.ready) or t.name is None}
         running = set(list(running)[:FOLLOW_RUNNING])
         new = running - self._followed
         if new:
             try:
-                get_monitor(self.app).track(new)
+                monitor.track(new)
             except (BackendNotObservable, Exception):  # noqa: BLE001 - no readable backend: events only
                 return
         self._followed = (self._followed & running) | new
