@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RABBITMQ_URL, REDIS_URL, new_shell, reachable, wait_for
+from conftest import RABBITMQ_URL, REDIS_URL, new_shell, own_keys_only, reachable, wait_for
 
 # A plain Celery project: the worker process imports it, the client process too.
 PROJECT = '''
@@ -226,11 +226,6 @@ def stop_worker(proc: subprocess.Popen) -> None:
 @pytest.mark.external
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_external_monitor_sees_another_clients_tasks_and_queued_ones(project, broker):
-    import redis
-    from celery import Celery
-
-    from celerynb.display.cluster import ClusterMonitor
-
     if not reachable("127.0.0.1", 6379):
         pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
     if broker == "rabbitmq" and not reachable("127.0.0.1", 5672):
@@ -241,6 +236,15 @@ def test_external_monitor_sees_another_clients_tasks_and_queued_ones(project, br
                MON_PREFIX=f"mon-{tag}:" if broker == "redis" else "", MON_QUEUE=f"mon-run-{tag}",
                PYTHONPATH=str(project))
     queue = f"mon-waiting-{tag}"
+    with own_keys_only(backend):  # results, and our prefixed queues and bindings: only our keys go
+        _external_run(project, broker, env, backend, tag, queue)
+
+
+def _external_run(project, broker, env, backend, tag, queue) -> None:
+    from celery import Celery
+
+    from celerynb.display.cluster import ClusterMonitor
+
     waiting = run_client(env, "monproj.add", queue, 3)
     app = Celery(f"mon-{tag}", broker=env["MON_BROKER"], backend=backend, set_as_current=False)
     app.conf.broker_transport_options = {"global_keyprefix": env["MON_PREFIX"]}
@@ -262,12 +266,6 @@ def test_external_monitor_sees_another_clients_tasks_and_queued_ones(project, br
                     conn.default_channel.queue_delete(name)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-        client = redis.Redis.from_url(backend)
-        if env["MON_PREFIX"]:
-            keys = list(client.scan_iter(match=env["MON_PREFIX"] + "*", count=1000))
-            if keys:
-                client.delete(*keys)
-        client.close()
         app.close()
 
 
