@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RABBITMQ_URL, REDIS_URL, new_shell, own_keys_only, reachable, wait_for
+from conftest import RABBITMQ_URL, REDIS_URL, new_shell, reachable, wait_for
 
 # A plain Celery project: the worker process imports it, the client process too.
 PROJECT = '''
@@ -59,7 +59,7 @@ def run_client(env: dict[str, str], name: str, queue: str, count: int) -> list[s
 
 
 def check_cluster(monitor, env, *, worker: str, pool: str, concurrency: int, name: str, queue: str,
-                  waiting: list[str], peek: bool) -> None:
+                  waiting: list[str], peek: bool) -> list[str]:
     """What every setup must show: the plain client's tasks, the waiting ones, unknown ids, the worker."""
     ran = run_client(env, name, queue, 4)
     wait_for(lambda: all((r := monitor.events.task(t)) and r.state == "SUCCESS" for t in ran), timeout=30,
@@ -89,6 +89,7 @@ def check_cluster(monitor, env, *, worker: str, pool: str, concurrency: int, nam
     assert worker not in text and ran[0] not in text  # deterministic: no names, no ids
     html = monitor._repr_html_()
     assert worker in html and ran[0][:8] in html and waiting_queue(monitor) in html
+    return ran
 
 
 def waiting_queue(monitor) -> str:
@@ -236,8 +237,7 @@ def test_external_monitor_sees_another_clients_tasks_and_queued_ones(project, br
                MON_PREFIX=f"mon-{tag}:" if broker == "redis" else "", MON_QUEUE=f"mon-run-{tag}",
                PYTHONPATH=str(project))
     queue = f"mon-waiting-{tag}"
-    with own_keys_only(backend):  # results, and our prefixed queues and bindings: only our keys go
-        _external_run(project, broker, env, backend, tag, queue)
+    _external_run(project, broker, env, backend, tag, queue)
 
 
 def _external_run(project, broker, env, backend, tag, queue) -> None:
@@ -254,9 +254,10 @@ def _external_run(project, broker, env, backend, tag, queue) -> None:
     # No enable_events broadcast: on the shared RabbitMQ it would reach other people's workers.
     monitor = ClusterMonitor(app, queues=[queue], enable_events=False)
     monitor._waiting_queue = queue
+    ran: list[str] = []
     try:
-        check_cluster(monitor, env, worker=hostname, pool="threads", concurrency=2, name="monproj.add",
-                      queue=env["MON_QUEUE"], waiting=waiting, peek=broker == "redis")
+        ran = check_cluster(monitor, env, worker=hostname, pool="threads", concurrency=2, name="monproj.add",
+                            queue=env["MON_QUEUE"], waiting=waiting, peek=broker == "redis")
     finally:
         monitor.stop()
         stop_worker(proc)
@@ -266,7 +267,22 @@ def _external_run(project, broker, env, backend, tag, queue) -> None:
                     conn.default_channel.queue_delete(name)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
+        _remove_own_keys(backend, env["MON_PREFIX"], ran)
         app.close()
+
+
+def _remove_own_keys(url: str, prefix: str, task_ids: list[str]) -> None:
+    """Exactly our keys on the shared server: the prefixed broker keys and our tasks' results."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000)) if prefix else []
+        keys += [f"celery-task-meta-{t}" for t in task_ids]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 # -- `celerynb up`'s worker processes: visible to Celery's own tools ---------------------------------
