@@ -182,7 +182,7 @@ def test_monitor_magic_parses_and_delegates(embedded, tmp_path, monkeypatch):
 def test_a_broken_tab_is_a_line_and_a_tab_gets_the_records(embedded):
     from celerynb.display.cluster import ClusterMonitor
 
-    monitor = ClusterMonitor(embedded.app, enable_events=False)
+    monitor = ClusterMonitor(embedded.app)  # the embedded cluster's workers send task events when asked
     try:
         result = embedded.app.send_task("tasks.analyze_content", args=("<script>x</script>",))
         result.get(timeout=10)
@@ -288,10 +288,14 @@ def _remove_own_keys(url: str, prefix: str, task_ids: list[str]) -> None:
 # -- `celerynb up`'s worker processes: visible to Celery's own tools ---------------------------------
 
 
-def test_worker_processes_celerynb_starts_send_events_and_answer_enable_events(embedded):
+def test_worker_processes_celerynb_starts_send_task_events_when_asked_and_only_then(embedded):
     """``celerynb up`` and ``processes=N`` start this same command: before, ``enable_events`` answered
-    "event dispatcher unavailable" and ``celery events`` saw nothing."""
+    "event dispatcher unavailable" and ``celery events`` saw nothing. Now heartbeats are on, task
+    events off (a publish each on the hot path) until ``enable_events``; a monitor turns off at its
+    end only what it turned on."""
     from celerynb.cluster.processes import WorkerProcess
+    from celerynb.tracking.cluster_events import ClusterEvents
+    from celerynb.tracking.event_switch import EventSwitch
 
     queue = f"mon-proc-{uuid.uuid4().hex[:8]}"
     proc = WorkerProcess(app_path="celerynb.workers.celery_app", broker_url=embedded.broker_url,
@@ -299,19 +303,58 @@ def test_worker_processes_celerynb_starts_send_events_and_answer_enable_events(e
                          extra_env={"CELERYNB_CAPTURE_LOGS": "0"})
     events = None
     try:
-        from celerynb.tracking.cluster_events import ClusterEvents
-
         events = ClusterEvents(embedded.app, enable_events=False).start()
         proc.start(embedded.app)
-        replies = embedded.app.control.broadcast("enable_events", reply=True, timeout=2, destination=[proc.name])
-        assert replies == [{proc.name: {"ok": "task events already enabled"}}], replies
-        result = embedded.app.send_task("tasks.analyze_content", args=("seen by celery events",), queue=queue)
-        assert result.get(timeout=20)["words"] == 4
-        wait_for(lambda: (r := events.task(result.id)) and r.state == "SUCCESS" and r.worker == proc.name,
-                 timeout=15, message="task events of a worker process")
-        wait_for(lambda: any(w.hostname == proc.name and w.heartbeat for w in events.workers()), timeout=10,
+        wait_for(lambda: any(w.hostname == proc.name and w.heartbeat for w in events.workers()), timeout=15,
                  message="its heartbeats")
+
+        def run(text: str) -> str:
+            result = embedded.app.send_task("tasks.analyze_content", args=(text,), queue=queue)
+            assert result.get(timeout=20)["words"] == len(text.split())
+            return result.id
+
+        quiet = run("no events yet")
+        switch = EventSwitch(embedded.app)
+        switch.enable_workers(timeout=2)
+        assert proc.name in switch.enabled_by_us
+        seen = run("seen by celery events")
+        wait_for(lambda: (r := events.task(seen)) and r.state == "SUCCESS" and r.worker == proc.name,
+                 timeout=15, message="task events of a worker process")
+        assert events.task(quiet) is None or events.task(quiet).state != "SUCCESS"
+        switch.off()  # it turned them on: it turns them off
+        replies = embedded.app.control.broadcast("enable_events", reply=True, timeout=2, destination=[proc.name])
+        assert replies == [{proc.name: {"ok": "task events enabled"}}], replies
     finally:
         if events is not None:
             events.stop()
         proc.stop()
+
+
+def test_the_app_sends_task_sent_events_only_while_a_monitor_runs(embedded):
+    from celerynb.tracking.cluster_events import ClusterEvents
+
+    queue = f"mon-sent-{uuid.uuid4().hex[:8]}"  # no worker: tasks only ever sent
+    listener = ClusterEvents(embedded.app, enable_events=False)
+    watching = ClusterEvents(embedded.app, enable_events=False)
+    listener.start()  # a monitor: from now on the app says task-sent
+    try:
+        first = embedded.app.send_task("tasks.analyze_content", args=("x",), queue=queue)
+        wait_for(lambda: (r := listener.task(first.id)) and r.sent, message="task-sent while watched")
+        watching.start()
+        watching.stop()  # one monitor ends, another still runs: still on
+        second = embedded.app.send_task("tasks.analyze_content", args=("x",), queue=queue)
+        wait_for(lambda: (r := listener.task(second.id)) and r.sent, message="task-sent while still watched")
+    finally:
+        listener.stop()
+    receiver = ClusterEvents(embedded.app, enable_events=False)
+    receiver._switch.on = lambda: None  # a listener that leaves the app as it is: what does it say now?
+    receiver.start()
+    try:
+        unseen = embedded.app.send_task("tasks.analyze_content", args=("x",), queue=queue)
+        probe = embedded.app.send_task("tasks.analyze_content", args=("x",), queue=queue)
+        with embedded.app.events.default_dispatcher() as dispatcher:
+            dispatcher.send("task-sent", uuid=probe.id, name="probe", queue=queue)
+        wait_for(lambda: receiver.task(probe.id), message="a later event")
+        assert receiver.task(unseen.id) is None or not receiver.task(unseen.id).sent
+    finally:
+        receiver.stop()

@@ -172,9 +172,9 @@ class InProcessWorker:
             loglevel=self.loglevel,
             logfile=self.logfile,
             ready_callback=None,
-            # Task events and heartbeats, as worker processes send them (see processes.py); no
-            # mingle (a second's wait at start) nor gossip (every other worker's events processed here).
-            send_events=True,
+            # Heartbeats, as worker processes send them (see processes.py): task events when asked
+            # (``enable_events``); no mingle (a second's wait at start) nor gossip (every other
+            # worker's events processed here).
             without_heartbeat=False,
             without_mingle=True,
             without_gossip=True,

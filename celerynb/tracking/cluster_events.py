@@ -15,7 +15,7 @@ the shared task monitor, for the PROGRESS meta that events do not carry (and nam
 Tasks are seen whoever sent them: a client with ``task_send_sent_event`` (celerynb's app) says
 ``task-sent``; any other client's task is seen waiting in a Redis queue, then ``task-received``
 from the worker that took it (workers need task events: ``-E``, or ``enable_events``, which the
-monitor sends at start and every ``ENABLE_EVERY`` s, as Flower does).
+monitor sends at start and every ``ENABLE_EVERY`` s, as Flower does; see :mod:`.event_switch`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from celery import Celery
 from celery.events.state import State
 
 from celerynb.tracking.broker_queues import QueueReader, Waiting
+from celerynb.tracking.event_switch import EventSwitch
 
 logger = logging.getLogger("celerynb.cluster_monitor")
 
@@ -150,6 +151,7 @@ class ClusterEvents:
         self._probe = uuid.uuid4().hex
         self._asked = 0.0  # when inspect stats was last sent
         self._seeded = False  # running and reserved tasks asked once, at start
+        self._switch = EventSwitch(app)
 
     def __repr__(self) -> str:
         return f"<ClusterEvents app={self.app.main!r} tasks={len(self.state.tasks)} events={sum(self.counts.values())}>"
@@ -158,6 +160,7 @@ class ClusterEvents:
     def start(self, timeout: float = 5.0) -> ClusterEvents:
         """Start the thread; returns once the receiver listens (or after ``timeout``)."""
         if self._thread is None or not self._thread.is_alive():
+            self._switch.on()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"celerynb-cluster-events-{self.app.main}",
                                             daemon=True)
@@ -175,6 +178,7 @@ class ClusterEvents:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._thread = None
+        self._switch.off()
 
     @property
     def running(self) -> bool:
@@ -253,7 +257,7 @@ class ClusterEvents:
         now = time.monotonic()
         if now >= self._next["enable"] and self.enable_events:
             self._next["enable"] = now + ENABLE_EVERY
-            self._broadcast("enable_events")
+            self._switch.enable_workers()
         if now >= self._next["stats"]:
             self._next["stats"] = now + STATS_EVERY
             self._read_stats()
@@ -265,12 +269,6 @@ class ClusterEvents:
         if self._dirty:
             self._dirty = False
             self._changed()
-
-    def _broadcast(self, command: str) -> None:
-        try:
-            self.app.control.broadcast(command)
-        except Exception:  # noqa: BLE001 - no worker, or a broker hiccup: the next round tries again
-            logger.debug("celerynb cluster monitor: %s failed", command, exc_info=True)
 
     def _read_stats(self) -> None:
         self._asked = time.monotonic()
