@@ -1,7 +1,7 @@
 """celerynb: Celery in Jupyter, with an embedded server, in-kernel workers and live progress.
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
-:func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`logs`,
+:func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :class:`ClusterMonitor`, :func:`logs`,
 :func:`retry_failed`, :func:`timeline`, :func:`cancel`, :func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
 users catch, and the IPython extension (``%load_ext celerynb``).
 
@@ -30,7 +30,8 @@ from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 # must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "logs", "retry_failed", "timeline", "cancel", "track", "raise_if_cancelled", "wait", "gather",
+    "progress", "TaskTable", "ClusterMonitor", "logs", "retry_failed", "timeline", "cancel", "track", "raise_if_cancelled",
+    "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
     "CellRefused", "ClusterError", "InvalidURL", "NotResubmittable", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
@@ -40,6 +41,7 @@ _LAZY = {
     "retry_failed": ("celerynb.display.actions", "retry_failed"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
     "timeline": ("celerynb.display.timeline", "timeline"),
+    "ClusterMonitor": ("celerynb.display.cluster", "ClusterMonitor"),
     "cancel": ("celerynb.tracking.cancel", "cancel"),
     "logs": ("celerynb.display.task_logs", "logs"),
     "wait": ("celerynb.tracking.awaiting", "wait"),

@@ -250,6 +250,28 @@ def test_redis_channel_internals_used_by_bulk_publishing(plain_app):
     assert _compat.json_codec_is(dumps)
 
 
+def test_redis_queue_lists_are_the_lists_a_worker_takes_from_in_order(plain_app):
+    queue = f"compat-{uuid.uuid4().hex[:8]}"
+    with plain_app.producer_or_acquire() as producer:
+        channel = producer.channel
+        lists = _compat.redis_queue_lists(channel, queue)
+        assert lists[0] == queue and len(lists) == len(set(lists)) > 1  # priority 0 first, then the others
+        producer.publish({"x": 1}, routing_key=queue, declare=[], serializer="json", priority=9)
+        assert [channel.client.llen(name) for name in lists].count(1) == 1  # kombu put it in one of them
+        assert channel.client.llen(lists[0]) == 0  # not in the default list: priority 9 has its own
+        channel.client.delete(*lists)
+
+
+def test_redis_bound_queues_lists_a_queue_a_client_sent_to(plain_app):
+    queue = f"compat-{uuid.uuid4().hex[:8]}"
+    with plain_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert queue not in _compat.redis_bound_queues(channel)
+        plain_app.send_task("compat.nothing", queue=queue)  # declares the queue, as any client does
+        assert queue in _compat.redis_bound_queues(channel)
+        channel.client.delete(queue, channel.keyprefix_queue % (queue,))
+
+
 def test_reuse_redis_clients_gives_a_channel_one_client_for_its_pool(plain_app):
     import redis
 

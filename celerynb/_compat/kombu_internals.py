@@ -111,3 +111,39 @@ def reserved_request_ids() -> list[str]:
     return [request.id for request in list(state.reserved_requests)]
 
 
+
+
+# -- kombu: reading a Redis queue without consuming it (the cluster monitor) ------------------------
+
+
+def redis_queue_lists(channel: Any, queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``, in the order a worker takes from them: ``Channel._q_for_pri``
+    over ``Channel.priority_steps`` (kombu 5.7.0; a worker BRPOPs the same lists in this order). Without
+    the transport's ``global_keyprefix``, which kombu's client adds to LLEN but not to LRANGE."""
+    return list(dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps))
+
+
+def redis_bound_queues(channel: Any, max_keys: int = 100_000) -> list[str]:
+    """Queues declared on kombu's Redis transport, consumed or not: the members of its
+    ``_kombu.binding.<exchange>`` sets (``Channel.keyprefix_queue``, entries joined by ``Channel.sep``,
+    kombu 5.7.0). A client that sent to a queue declared it, so a queue no worker reads is found too.
+    SCAN reads at most ``max_keys`` keys (SCAN and its pattern are not prefixed by kombu's client)."""
+    import fnmatch
+
+    prefix = getattr(channel, "global_keyprefix", "") or ""
+    client = channel.client
+    pattern = "".join(f"[{c}]" if c in "*?[]\\" else c for c in prefix) + channel.keyprefix_queue % ("*",)
+    found: dict[str, None] = {}
+    cursor, read = 0, 0
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)
+        read += 1000
+        for key in keys:
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            for member in client.smembers(name[len(prefix):]):  # SMEMBERS is prefixed by kombu's client
+                entry = member.decode() if isinstance(member, bytes) else str(member)
+                found[entry.split(channel.sep)[-1]] = None
+        if not cursor or read >= max_keys:
+            return list(found)

@@ -172,7 +172,10 @@ class InProcessWorker:
             loglevel=self.loglevel,
             logfile=self.logfile,
             ready_callback=None,
-            without_heartbeat=True,
+            # Heartbeats, as worker processes send them (see processes.py): task events when asked
+            # (``enable_events``); no mingle (a second's wait at start) nor gossip (every other
+            # worker's events processed here).
+            without_heartbeat=False,
             without_mingle=True,
             without_gossip=True,
             optimization="fair",

@@ -74,7 +74,11 @@ class WorkerProcess:
             sys.executable, "-m", "celery", "-A", self.app_path, "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", self.name, "--loglevel", "INFO",
-            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            # Heartbeats on, so ``enable_events`` (Flower, ``celery control``, the cluster monitor)
+            # turns task events on; they cost a publish each on the hot path until then. Mingle and
+            # gossip off: mingle waits ~1 s at start for other workers' replies, and gossip has every
+            # worker process every other worker's events (celerynb needs neither).
+            "--without-mingle", "--without-gossip",
         ]
         if self.queues:
             cmd += ["--queues", ",".join(self.queues)]

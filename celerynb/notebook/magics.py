@@ -92,6 +92,12 @@ def _celery_parser() -> _ArgumentParser:
     use.add_argument("--restore", action="store_true", help="give it back its own broker and backend")
     reattach = sub.add_parser("reattach", help="show this notebook's saved displays again, with their tasks' current states")
     reattach.add_argument("notebook", nargs="?", default=None, help="the .ipynb to read (default: this kernel's notebook)")
+    monitor = sub.add_parser("monitor", help="the whole cluster live: workers, queues, every task whoever sent it")
+    monitor.add_argument("--rows", type=_positive_int, default=20, help="tasks shown (the latest; default 20)")
+    monitor.add_argument("--max-tasks", type=_positive_int, default=10_000, help="tasks kept in memory (default 10000)")
+    monitor.add_argument("--queues", default=None, help="comma-separated queues to watch besides the known ones")
+    monitor.add_argument("--no-enable-events", action="store_true",
+                         help="do not ask the workers to send task events (enable_events)")
     tasks = sub.add_parser("tasks", help="list registered tasks (notebook and package)")
     tasks.add_argument("--live", action="store_true", help="a live table of the tasks submitted from here")
     return parser
@@ -187,6 +193,8 @@ class CeleryMagics(Magics):
           %celery eager on|off               run tasks synchronously in the cell
           %celery purge [QUEUE]              drop waiting messages, reports how many
           %celery tasks [--live]             registered tasks / live table of submitted tasks
+          %celery monitor [--rows N] [--max-tasks N] [--queues a,b] [--no-enable-events]
+                                             the whole cluster live: workers, queues, every task
           %celery use APP [--local]          work with your own app (proj, proj.celery, proj.celery:app)
           %celery use --restore              give that app back its own broker and backend
           %celery reattach [NOTEBOOK.ipynb]  the saved displays again (after a kernel restart)
@@ -200,7 +208,8 @@ class CeleryMagics(Magics):
             raise UsageError(f"%celery: {exc}.") from None
         if not words:
             raise UsageError(
-                "%celery: missing subcommand: status, start, stop, restart, connect, eager, purge, tasks, use or reattach."
+                "%celery: missing subcommand: status, start, stop, restart, connect, eager, purge, tasks, monitor, use "
+                "or reattach."
             )
         try:
             args = parser.parse_args(words)
@@ -326,3 +335,12 @@ class CeleryMagics(Magics):
                 raise UsageError("%celery tasks --live: live tables are not available in this install.") from None
             return TaskTable()
         return TaskList(_current_app())
+
+    def _cmd_monitor(self, args: argparse.Namespace) -> Any:
+        from celerynb.display.cluster import ClusterMonitor
+
+        if args.rows < 1 or args.max_tasks < 1:
+            raise UsageError("%celery monitor: --rows and --max-tasks must be at least 1.")
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+        return ClusterMonitor(_current_app(), rows=args.rows, max_tasks=args.max_tasks, queues=queues,
+                              enable_events=not args.no_enable_events)
