@@ -35,3 +35,27 @@ def test_mypy_fails_on_a_type_error(tmp_path):
 
 def test_py_typed_marks_the_package():
     assert (ROOT / "celerynb" / "py.typed").is_file()
+
+
+def _unannotated(obj: object) -> list[str]:
+    """Parameters and returns of ``obj`` (or of a class's own public methods) without annotations."""
+    import inspect
+
+    functions = [obj] if not inspect.isclass(obj) else [
+        v for k, v in vars(obj).items() if inspect.isfunction(v) and (not k.startswith("_") or k == "__init__")]
+    missing = []
+    for f in functions:
+        sig = inspect.signature(f)
+        missing += [f"{f.__qualname__}({p})" for p, v in sig.parameters.items()
+                    if p not in ("self", "cls") and v.annotation is inspect.Parameter.empty]
+        if sig.return_annotation is inspect.Signature.empty and f.__name__ != "__init__":
+            missing.append(f"{f.__qualname__} -> ?")
+    return missing
+
+
+def test_public_api_is_annotated():
+    import celerynb
+
+    names = [n for n in celerynb.__all__ if n != "__version__"] + ["map"]
+    assert [m for n in names for m in _unannotated(getattr(celerynb, n))] == []
+    assert [m.split(".")[-1] for m in _unannotated(lambda x: x)] == ["<lambda>(x)", "<lambda> -> ?"]  # it can fail
