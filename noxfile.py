@@ -1,9 +1,10 @@
 """Sessions for the docs, the suite and the version matrix: ``nox -l`` lists them.
 
     nox -s docs                 # the documentation site, warnings as errors -> docs/_build/html
-    nox -s tests                # the whole suite in a fresh virtualenv (what .ci/run runs)
+    nox -s tests                # the whole suite in its own virtualenv (what .ci/run runs)
     nox -s matrix               # kernel, widget and browser tests on each combination below
-    nox -s "matrix(ipykernel-7.0)" -R -- -x     # one combination; -R reuses its virtualenv
+    nox -s "matrix(ipykernel-7.1)" -- -x        # one combination; arguments after -- go to pytest
+    nox -R -s "matrix(newest)"                  # -R: reuse its virtualenv and skip the installs
 
 Each matrix combination pins what it tests (on top of ``pip install -e .``) and runs only the
 tests that exercise it, so a session stays short. The pins below are the releases the
