@@ -2,7 +2,7 @@
 
 Public API (see the README): :class:`LocalCluster`, :func:`start`, :func:`stop`,
 :func:`current`, :func:`connect`, :func:`use`, :func:`restore`, :func:`progress`, :class:`TaskTable`, :func:`logs`,
-:func:`retry_failed`, :func:`cancel`, :func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
+:func:`retry_failed`, :func:`timeline`, :func:`cancel`, :func:`track`, :func:`raise_if_cancelled`, :func:`wait`, :func:`gather`, :func:`map`, the exceptions
 users catch, and the IPython extension (``%load_ext celerynb``).
 
 Worker processes import this package too, so the display parts (IPython, ipywidgets) load
@@ -30,7 +30,7 @@ from celerynb.workers.track import TaskCancelled, raise_if_cancelled, track
 # must not shadow the builtin.
 __all__ = [
     "__version__", "LocalCluster", "start", "stop", "current", "connect", "use", "restore",
-    "progress", "TaskTable", "logs", "retry_failed", "cancel", "track", "raise_if_cancelled", "wait", "gather",
+    "progress", "TaskTable", "logs", "retry_failed", "timeline", "cancel", "track", "raise_if_cancelled", "wait", "gather",
     "AppNotFound", "ArgumentNotSerializable", "BackendNotObservable", "BrokerUnreachable", "BulkSubmitError",
     "CellRefused", "ClusterError", "InvalidURL", "NotResubmittable", "ServerError", "TaskCancelled", "WorkerProcessError",
 ]
@@ -39,6 +39,7 @@ _LAZY = {
     "progress": ("celerynb.display.progress", "progress"),
     "retry_failed": ("celerynb.display.actions", "retry_failed"),
     "TaskTable": ("celerynb.display.table", "TaskTable"),
+    "timeline": ("celerynb.display.timeline", "timeline"),
     "cancel": ("celerynb.tracking.cancel", "cancel"),
     "logs": ("celerynb.display.task_logs", "logs"),
     "wait": ("celerynb.tracking.awaiting", "wait"),

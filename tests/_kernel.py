@@ -27,6 +27,7 @@ class Kernel:
 
     def __init__(self, timeout: float = 60) -> None:
         self.km = KernelManager(kernel_name="python3")
+        self.km.shutdown_wait_time = 15.0  # a loaded machine (CI, parallel tests) needs more than the default 5 s
         self.km.start_kernel()
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -75,7 +76,10 @@ class Kernel:
                 reply.error = content
             elif kind == "status" and content["execution_state"] == "idle":
                 break
-        shell = self.kc.get_shell_msg(timeout=timeout)
+        while True:  # skip replies to earlier requests (one left by a run that timed out)
+            shell = self.kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+            if shell["parent_header"].get("msg_id") == msg_id:
+                break
         reply.status = shell["content"]["status"]
         return reply
 

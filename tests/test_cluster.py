@@ -213,3 +213,30 @@ def test_processes_n_is_one_prefork_worker_with_n_children(app):
         wait_for(lambda: all(r.state in ("STARTED", "PROGRESS") for r in busy), timeout=30,
                  message="three tasks running at once")
         assert [r.get(timeout=30)["processed"] for r in busy] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("level", ["", "INFO"], ids=["default", "CELERYNB_WORKER_LOGLEVEL=INFO"])
+def test_worker_log_has_celerys_per_task_lines_only_when_asked(app, monkeypatch, level):
+    """Celery's "received"/"succeeded in" lines cost a record and a file write per task: off by
+    default, as with ``celery worker``'s default level; the rest of the log stays."""
+    from celery.signals import task_postrun
+
+    from celerynb.workers.tasks import process_document
+
+    monkeypatch.setenv("CELERYNB_WORKER_LOGLEVEL", level)
+    cluster = celerynb.start()
+    ended = []
+
+    def postrun(task_id=None, **_):  # sent after Celery's "succeeded in" line would be written
+        ended.append(task_id)
+
+    task_postrun.connect(postrun, weak=False)
+    try:
+        result = process_document.delay("doc1", {"format": "markdown"})
+        result.get(timeout=10)
+        wait_for(lambda: result.id in ended, message="the task's postrun")
+    finally:
+        task_postrun.disconnect(postrun)
+    text = open(cluster.log_file).read()
+    assert ("succeeded in" in text) == bool(level), text[-2000:]
+    assert "Connected to redis://" in text or "ready" in text, text[-2000:]

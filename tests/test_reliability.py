@@ -283,7 +283,7 @@ def test_load_every_result_accounted_for_with_live_table_and_bounded_memory(app,
         ok = sum(1 for i, s in enumerate(snaps) if s.state == "SUCCESS" and s.info == i * i)
         assert ok == n, f"{n - ok} of {n} results missing or wrong"
         assert f"{n}/{n} done · SUCCESS {n}" in display.text()
-        wait_for(lambda: "SUCCESS" in table.html, timeout=5, message="the live table redrawn")
+        wait_for(lambda: "SUCCESS" in table.html, timeout=30, message="the live table redrawn")
         assert len(table.rows()) == table.limit
         workers = {s.worker for s in snaps[:200]} | {s.worker for s in snaps[-200:]}
         growth_mb = (peak[0] - baseline) / 2**20

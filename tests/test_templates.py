@@ -23,7 +23,9 @@ from celerynb.display.status import ClusterStatus, TaskList
 from celerynb.display.table import TaskTable
 from celerynb.display.task_logs import TaskLogs
 from celerynb.display.text import TextProgress
+from celerynb.display.timeline import Timeline
 from celerynb.tracking.snapshot import TaskSnapshot
+from celerynb.tracking.timing import TaskTiming
 
 #: A fresh app takes in every shared task at finalize, including those other test modules
 #: registered twice under one name: their warning is not about displays.
@@ -116,6 +118,14 @@ def every_display(follow, text: str) -> dict[str, str]:
     logged = TaskTable(ids, app=app)
     logged._logs.entries[ids[0]] = TaskLogs(ids[0], f"T{text}\n", level=40)  # as read from the backend
     shown["task table"] = logged._repr_html_()
+    from celerynb.display.tree import TextTree, WidgetTree
+    from celerynb.tracking.canvas import CanvasNode
+
+    tree = CanvasNode("chain", children=[CanvasNode("task", i) for i in ids])
+    shown["canvas tree summary"] = TextTree(tree, app).summary_html()
+    tree_widget = WidgetTree(tree, app)
+    tree_widget.refresh()
+    shown["canvas tree widget"] = "".join(row[2].value + row[5].value for row in tree_widget.pool)
     shown["task logs"] = TaskLogs("t", f"T{text}\n", level=30)._repr_html_()
     shown["no task logs"] = TaskLogs("t", note="no logs")._repr_html_()
 
@@ -132,6 +142,12 @@ def every_display(follow, text: str) -> dict[str, str]:
     task = app.task(name=f"N{text}", shared=False)(noop)  # shared: every later app would get it
     task.queue = f"Q{text}"  # set after binding: as a task option it is deprecated
     shown["task list"] = TaskList(app)._repr_html_()
+
+    timed = Timeline([TaskTiming(f"t{i}", name=f"N{text}", state=state, worker=f"W{text}", slot=f"1/{i}",
+                                 sent=10.0, started=10.0 + i, ended=11.0 + i)
+                      for i, state in enumerate(["SUCCESS", "FAILURE"])])
+    shown["timeline"] = timed._repr_html_()
+    shown["timeline picture"] = timed.svg()
     return shown
 
 
@@ -145,12 +161,16 @@ SHOWN = {
     "progress widget, final": "NE",
     "progress widget rows": "ES",
     "task table": "NAWRET",
+    "canvas tree summary": "NES",
+    "canvas tree widget": "NES",
     "task logs": "T",
     "no task logs": "",
     "status card": "NWPBLQ",
     "cluster card": "WPBLQ",
     "stopped cluster card": "",
     "task list": "NQ",
+    "timeline": "NW",
+    "timeline picture": "NW",
 }
 
 

@@ -10,12 +10,25 @@ through Python's last-resort handler.
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import current_task
 
 from celerynb import _compat
 
 _FORMAT = "[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s"
+
+
+#: Celery's per-task INFO lines ("Received task", "Task ... succeeded in"): a formatted record and
+#: a file write per task on every in-kernel round trip; quiet unless ``CELERYNB_WORKER_LOGLEVEL``
+#: says INFO or DEBUG. The rest of Celery's INFO (connected, ready) and tasks' loggers stay.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+def per_task_log_level() -> int:
+    name = os.environ.get("CELERYNB_WORKER_LOGLEVEL", "").strip().upper() or "WARNING"
+    level = logging.getLevelName(name)
+    return level if isinstance(level, int) else logging.WARNING
 
 
 def _from_a_worker(record: logging.LogRecord) -> bool:
@@ -57,7 +70,7 @@ class _TaskRecords(logging.Handler):
 
 
 class WorkerLogFile:
-    """The ``celery`` logger and tasks' records routed to ``path`` at INFO; :meth:`detach` puts
+    """The ``celery`` logger and tasks' records routed to ``path`` at INFO (per task: :data:`PER_TASK_LOGGERS`); :meth:`detach` puts
     everything back as it was."""
 
     def __init__(self, path: str) -> None:
@@ -66,6 +79,7 @@ class WorkerLogFile:
         self._saved: tuple[int, bool] | None = None
         self._tasks: _TaskRecords | None = None
         self._filter = _NotFromTasks()
+        self._saved_per_task: list[tuple[logging.Logger, int]] = []
 
     def attach(self) -> WorkerLogFile:
         handler = logging.FileHandler(self.path, encoding="utf-8")
@@ -75,6 +89,9 @@ class WorkerLogFile:
         self._saved = (celery_logger.level, celery_logger.propagate)
         celery_logger.addHandler(handler)
         celery_logger.setLevel(logging.INFO)
+        self._saved_per_task = [(lg, lg.level) for lg in map(logging.getLogger, PER_TASK_LOGGERS)]
+        for per_task, _ in self._saved_per_task:
+            per_task.setLevel(per_task_log_level())
         celery_logger.propagate = False
         self._handler = handler
         for existing in logging.root.handlers:
@@ -94,6 +111,9 @@ class WorkerLogFile:
             celery_logger.removeHandler(self._handler)
             self._handler.close()
             self._handler = None
+        for per_task, level in self._saved_per_task:
+            per_task.setLevel(level)
+        self._saved_per_task = []
         if self._saved is not None:
             celery_logger.setLevel(self._saved[0])
             celery_logger.propagate = self._saved[1]

@@ -1,1 +1,1 @@
-"""Rich displays: cluster cards, progress bars, task tables."""
+"""Rich displays: cluster cards, progress bars, task tables, the timeline."""

@@ -307,7 +307,7 @@ class ProgressDisplay:
 
             timeout = default_wait_timeout()  # bounded in CI / CELERYNB_NONINTERACTIVE=1
         with self.interruptible(cancel_on_interrupt):
-            self.monitor.wait(self.ids, timeout)
+            self._block(timeout)
         was_finished = self.finished
         self.refresh(background=False)
         if was_finished:
@@ -315,6 +315,10 @@ class ProgressDisplay:
             # notebook (nbclient only records the running cell's messages) gets the outcome.
             self.publish_final()
         return self.results()
+
+    def _block(self, timeout: float | None) -> None:
+        """Return once every task ended (subclasses: once the display has)."""
+        self.monitor.wait(self.ids, timeout)
 
     @contextlib.contextmanager
     def interruptible(self, cancel_on_interrupt: bool) -> Iterator[None]:

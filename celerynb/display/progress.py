@@ -9,13 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.canvas import Signature
 
 from celerynb import _compat
 from celerynb.display import _views
-from celerynb.display._base import ProgressDisplay, attached_to, cancel_tasks, current_cell, ipython, latest_request
+from celerynb.display._base import ProgressDisplay, cancel_tasks, ipython
 from celerynb.display.text import TextProgress
+from celerynb.display.widget_output import WidgetOutput
 from celerynb.rendering import render
+from celerynb.tracking import canvas
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
+from celerynb.tracking.canvas import TASK, CanvasNode
 from celerynb.tracking.resubmit import RETRYABLE
 
 
@@ -36,7 +40,7 @@ def widgets_available() -> bool:
     return True
 
 
-class WidgetProgress(ProgressDisplay):
+class WidgetProgress(WidgetOutput, ProgressDisplay):
     """ipywidgets bars: per task for a few tasks, one aggregate bar (+ failures) for many."""
 
     def __init__(self, task_ids: list[str], app: Celery | None = None) -> None:
@@ -90,14 +94,6 @@ class WidgetProgress(ProgressDisplay):
         if not self.monitor.snapshot(tid).ready:
             cancel_tasks(self.app, [tid])
 
-    def _retry_clicked(self) -> None:
-        from celerynb.display.actions import retry_failed
-
-        try:
-            retry_failed(self)
-        except Exception as exc:  # noqa: BLE001 - a click has no cell to raise into: say it beside the buttons
-            self.clock.value = f"retry failed: {exc}"
-
     # -- drawing ---------------------------------------------------------------------------
     def draw(self, views: list[_views.TaskView], group: _views.GroupView | None) -> None:
         if group is not None:
@@ -139,53 +135,6 @@ class WidgetProgress(ProgressDisplay):
         if self.details.children[0].value != html:
             self.details.children[0].value = html
 
-    # -- output ----------------------------------------------------------------------------
-    def _bundle(self, final: bool) -> dict[str, Any]:
-        """The widget while tasks run; once final, only static HTML and text: JupyterLab prefers a
-        widget view to the HTML beside it and shows "model not found" for it in a saved notebook."""
-        if final:  # failures too: a saved notebook must show them (retry: celerynb.retry_failed)
-            return {"text/plain": self.text(), "text/html": self.summary_html()}
-        data = _compat.widget_mimebundle(self.box)
-        data["text/plain"] = self.text()
-        return data
-
-    def show(self) -> WidgetProgress:
-        if ipython() is None:
-            return self
-        from IPython.display import display
-
-        with self._lock:
-            handle = display(self._bundle(self.finished), raw=True, display_id=True, metadata=self.output_metadata())
-            self._handle_id = handle.display_id
-            self._shown_in = current_cell()
-        return self
-
-    def publish_final(self) -> None:
-        if self._handle_id is None:
-            return
-        from IPython.display import update_display
-
-        update_display(self._bundle(True), raw=True, display_id=self._handle_id, metadata=self.output_metadata())
-
-    def revive(self) -> None:
-        """After a retry: the live widget again where the final summary was."""
-        if self._handle_id is None:
-            return
-        from IPython.display import update_display
-
-        with attached_to(latest_request() or self._parent):
-            update_display(self._bundle(False), raw=True, display_id=self._handle_id)
-
-    def _ipython_display_(self) -> None:
-        if self._handle_id is not None and current_cell() == self._shown_in:
-            return  # progress() already showed it in this cell
-        from IPython.display import display
-
-        display(self._bundle(self.finished), raw=True, metadata=self.output_metadata())
-
-    def _repr_mimebundle_(self, **_: Any) -> dict[str, Any]:
-        return self._bundle(self.finished)
-
 
 def progress(*results: Any, wait: bool = False, timeout: float | None = None, app: Celery | None = None,
              widget: bool | None = None, cancel_on_interrupt: bool = False) -> Any:
@@ -193,7 +142,9 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
 
     Args:
         results: an ``AsyncResult``, a ``GroupResult``/``ResultSet``, lists of them, or task id
-            strings (e.g. from another kernel or after a restart).
+            strings (e.g. from another kernel or after a restart). One chain, group or chord
+            (any nesting; a signature is sent now, a result already sent is followed) shows a
+            live tree instead: see :mod:`celerynb.display.tree`.
         wait: block with live updates until every task ends, then return the results (one value
             for one task, a list otherwise; a failed task's exception in its place).
         timeout: with ``wait``, seconds before ``TimeoutError``.
@@ -209,13 +160,24 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
     A few tasks get a Cancel per row too. "Retry failed" (shown once a task failed or was
     cancelled) sends those again: see :func:`celerynb.retry_failed`.
     """
+    tree, results = _workflow(results, app)
+    if tree is not None and tree.kind != TASK:
+        from celerynb.display.tree import tree_display
+
+        use_widget = widgets_available() if widget is None else widget
+        return _show(tree_display(tree, app or _app_of(results), use_widget), use_widget, wait, timeout,
+                     cancel_on_interrupt)
     ids, found_app = task_ids_of(results)
     if not ids:
         raise ValueError("progress() needs at least one task: pass an AsyncResult, a GroupResult or task ids.")
     seed_eager(results, app or found_app)
     use_widget = widgets_available() if widget is None else widget
     cls = WidgetProgress if use_widget else TextProgress
-    display = cls(ids, app or found_app)
+    return _show(cls(ids, app or found_app), use_widget, wait, timeout, cancel_on_interrupt)
+
+
+def _show(display: ProgressDisplay, use_widget: bool, wait: bool, timeout: float | None,
+          cancel_on_interrupt: bool) -> Any:
     if wait and not use_widget:
         from celerynb.config import noninteractive
 
@@ -229,3 +191,25 @@ def progress(*results: Any, wait: bool = False, timeout: float | None = None, ap
     if wait:
         return display.wait(timeout, cancel_on_interrupt)
     return display
+
+
+def _workflow(results: tuple[Any, ...], app: Celery | None) -> tuple[CanvasNode | None, tuple[Any, ...]]:
+    """One chain/group/chord (a signature is sent now), or a saved tree: (its tree, the results
+    to follow); (None, results) for anything else (tasks, ids, a flat group: bars as before)."""
+    if len(results) != 1:
+        return None, results
+    value = results[0]
+    if isinstance(value, CanvasNode):
+        return value, (value.task_id,) if value.kind == TASK else results
+    if isinstance(value, Signature):
+        if value.get("subtask_type") is None:  # one task: sent, then one bar
+            return None, (value.apply_async(),)
+        tree, result = canvas.tree_of(value, app)
+        return tree, (result,)
+    if canvas.is_canvas(value):
+        return canvas.tree_of(value, app)[0], results
+    return None, results
+
+
+def _app_of(results: tuple[Any, ...]) -> Celery | None:
+    return getattr(results[0], "app", None) if results else None

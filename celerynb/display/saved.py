@@ -29,12 +29,14 @@ def output_metadata(kind: str, task_ids: list[str], app: Celery | None, ended: b
 class SavedDisplay:
     """A display found in a saved notebook."""
 
-    kind: str  # "progress" or "table"
+    kind: str  # "progress", "table" or "tree"
     task_ids: list[str]
     total: int
     app: str | None
     ended: bool
     cell: int  # its cell's position among the code cells, from 1
+    #: A canvas tree's shape of ids (``CanvasNode.to_dict``), for a ``"tree"`` display.
+    tree: dict[str, Any] | None = None
 
 
 def saved_displays(notebook: dict[str, Any]) -> list[SavedDisplay]:
@@ -51,5 +53,6 @@ def saved_displays(notebook: dict[str, Any]) -> list[SavedDisplay]:
             if ids:
                 found.append(SavedDisplay(kind=str(meta.get("display") or "progress"), task_ids=ids,
                                           total=int(meta.get("total") or len(ids)), app=meta.get("app"),
-                                          ended=bool(meta.get("ended")), cell=number))
+                                          ended=bool(meta.get("ended")), cell=number,
+                                          tree=meta.get("tree") if isinstance(meta.get("tree"), dict) else None))
     return found

@@ -19,12 +19,16 @@ from celerynb.display._base import attached_to, cancel_tasks, current_parent
 from celerynb.display.task_logs import LogCache, pane
 from celerynb.rendering import render
 from celerynb.tracking import cancel as cancelling
+from celerynb.tracking import canvas
 from celerynb.tracking.awaiting import seed_eager, task_ids_of
 from celerynb.tracking.monitor import TaskSnapshot, get_monitor
 from celerynb.tracking.resubmit import RETRYABLE, attempt_of
 from celerynb.tracking.submitted import enable_submit_log, submitted
 
 COLUMNS = ("id", "name", "state", "progress", "args", "worker", "started", "runtime", "result")
+#: Also in :meth:`TaskTable.rows` and ``to_dataframe()``: the workflow a task belongs to.
+WORKFLOW_COLUMNS = ("parent_id", "root_id")
+DATA_COLUMNS = COLUMNS + WORKFLOW_COLUMNS
 #: Columns sorted largest first unless told otherwise: the newest, the longest, the furthest.
 DESCENDING_FIRST = ("progress", "started", "runtime")
 #: States of a task that runs: its runtime counts up (queued tasks have none yet).
@@ -35,6 +39,14 @@ REFRESH_EVERY = 0.5
 def _short(value: Any, width: int = 60) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _workflow_of(snap: TaskSnapshot) -> tuple[str | None, str | None]:
+    """(parent_id, root_id) of a row: see :class:`TaskTable`."""
+    known = canvas.workflows.get(snap.task_id)
+    if known is None:
+        return snap.parent_id, snap.root_id or (snap.task_id if snap.parent_id is None else None)
+    return snap.parent_id or known[0], known[1]
 
 
 def _display_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -58,15 +70,28 @@ class TaskTable:
             ``runtime`` (newest, longest first) and not for the other columns.
         limit: at most this many rows are rendered.
         app: the Celery app (celerynb's by default).
+        root: only show the tasks of this workflow (a ``root_id``).
+
+    A chain, group or chord result (or signature, sent now) shows one row per task of it. Rows
+    carry ``parent_id`` and ``root_id`` (in :meth:`rows`, ``to_dataframe()``, ``sort=``): for
+    a workflow sent or followed by this kernel, ``root_id`` is the id of its result (what
+    ``apply_async`` returned) and ``parent_id`` the id of the chain/group/chord holding the task,
+    until the task stored Celery's own ``parent_id`` (the task that sent it); for other tasks,
+    what the backend stored (extended results; ``root_id`` from celerynb's app).
     """
 
     def __init__(self, results: Any = None, *, states: list[str] | None = None, sort: str | None = None,
-                 descending: bool | None = None, limit: int = 200, app: Celery | None = None) -> None:
+                 descending: bool | None = None, limit: int = 200, app: Celery | None = None,
+                 root: str | None = None) -> None:
         enable_submit_log()
         self.kernel_wide = results is None
+        self.root = root
         found_app = None
         ids: list[str] = []
-        if not self.kernel_wide:
+        if canvas.is_canvas(results):
+            tree, results = canvas.tree_of(results, app)
+            ids, found_app = tree.leaf_ids(), getattr(results, "app", None)
+        elif not self.kernel_wide:
             ids, found_app = task_ids_of(results if isinstance(results, list | tuple) else [results])
             seed_eager(results if isinstance(results, list | tuple) else [results], app or found_app)
         self.monitor = get_monitor(app or found_app)
@@ -108,8 +133,8 @@ class TaskTable:
 
     def sort(self, column: str | None = None, descending: bool | None = None) -> TaskTable:
         """Sort rows by ``column`` (None: order of submission); see the class docstring."""
-        if column is not None and column not in COLUMNS:
-            raise ValueError(f"Unknown column {column!r}: sort by one of {', '.join(COLUMNS)}, or None.")
+        if column is not None and column not in DATA_COLUMNS:
+            raise ValueError(f"Unknown column {column!r}: sort by one of {', '.join(DATA_COLUMNS)}, or None.")
         if descending is None:
             descending = column in DESCENDING_FIRST
         self.sort_column, self.descending = column, descending
@@ -208,6 +233,9 @@ class TaskTable:
             snap = self.monitor.snapshot(tid)
             if self.states is not None and snap.state not in self.states:
                 continue
+            parent_id, root_id = _workflow_of(snap)
+            if self.root is not None and root_id != self.root:
+                continue
             entry = submitted.get(tid)
             attempt = attempt_of(tid)
             view = _views.task_view(snap, 0.0, snap.name or (entry.name if entry else None), attempt)
@@ -226,6 +254,7 @@ class TaskTable:
                 "id": tid, "name": view.name, "state": snap.state, "progress": view.percent,
                 "args": args, "worker": snap.worker or "",
                 "started": started, "runtime": runtime, "result": result, "_style": view.bar_style, "_fill": view.fill,
+                "parent_id": parent_id, "root_id": root_id,
                 "_logs": self._logs.get(tid),
                 "_attempt": attempt,
             })
@@ -244,7 +273,7 @@ class TaskTable:
         except ImportError:
             raise ImportError("TaskTable.to_dataframe() needs pandas: pip install pandas.") from None
         return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self.rows()],
-                            columns=list(COLUMNS))
+                            columns=list(DATA_COLUMNS))
 
     # -- rendering -------------------------------------------------------------------------
     def _repr_html_(self) -> str:

@@ -67,6 +67,18 @@ def reattach(path: Path, app: Any = None) -> list[Any]:
             table = TaskTable(saved.task_ids, app=monitor.app)
             display(table)
             shown.append(table)
-        else:
+        elif saved.kind == "tree" and saved.tree is not None:
+            shown.append(progress(_tree(saved), app=monitor.app))
+        else:  # a progress display, or a tree too big to have kept its shape: its ids, flat
             shown.append(progress(saved.task_ids, app=monitor.app))
     return shown
+
+
+def _tree(saved: SavedDisplay) -> Any:
+    """The saved tree's shape, or its ids flat when the shape cannot be read."""
+    from celerynb.tracking.canvas import CanvasNode
+
+    try:
+        return CanvasNode.from_dict(saved.tree)
+    except (ValueError, KeyError, TypeError):
+        return saved.task_ids

@@ -55,6 +55,10 @@ class TaskSnapshot:
     redeliveries: int = 0
     #: The result was dropped from memory (see :mod:`celerynb.tracking.retention`): read it again.
     trimmed: bool = False
+    #: Celery's ids of the task that sent this one and of its workflow's first task (extended results;
+    #: ``root_id`` as celerynb's app stores it).
+    parent_id: str | None = None
+    root_id: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -81,6 +85,8 @@ class TaskSnapshot:
             runtime=_number(meta.get("runtime")),
             received_at=now,
             traceback=meta.get("traceback"),
+            parent_id=_text(meta.get("parent_id")),
+            root_id=_text(meta.get("root_id")),
         )
 
 

@@ -35,6 +35,24 @@ def run_tasks_as(node_name: str) -> None:
     _thread_node.name = node_name
 
 
+def node_name() -> str | None:
+    """The node name set by :func:`run_tasks_as` for this thread (None: Celery's own hostname)."""
+    return getattr(_thread_node, "name", None)
+
+
+def slot() -> str:
+    """Where a task runs inside its worker: ``pid/thread name`` (a prefork child, a pool thread).
+
+    Stored with each task's timing (:func:`celerynb.workers.result_store.add_timing`), so a
+    timeline draws one lane per slot. Computed once per thread (and again in a forked child).
+    """
+    pid = os.getpid()
+    cached = getattr(_thread_node, "slot", None)
+    if cached is None or cached[0] != pid:
+        cached = _thread_node.slot = (pid, f"{pid}/{threading.current_thread().name}")
+    return cached[1]
+
+
 class ArgumentNotSerializable(TypeError):
     """A task argument that the message serializer (JSON) cannot carry."""
 
@@ -58,8 +76,9 @@ class NotebookTask(Task):
         node = getattr(_thread_node, "name", None)
         if node and not request.called_directly:
             request.hostname = node
-        # Read by :mod:`.result_store`: the stored states carry when the task started and its runtime.
-        request.celerynb_started = (time.time(), time.perf_counter())
+        # Read by :mod:`.result_store`: the stored states carry when and where (pid/thread) the
+        # task started, and its runtime.
+        request.celerynb_started = (time.time(), time.perf_counter(), slot())
         # Its stdout, stderr and logging records go to its own stored logs (:mod:`.capture`).
         with started.started_later(self), capture.capturing(self, request):
             try:

@@ -33,7 +33,7 @@ from celery.app.task import Context
 from celery.exceptions import Ignore, NotRegistered, Retry, TaskRevokedError
 
 from celerynb import _compat
-from celerynb.workers import capture, started
+from celerynb.workers import base, capture, started
 from celerynb.workers.batch_results import FLUSH_SIZE, ResultBuffer, flusher
 
 logger = logging.getLogger("celerynb.batch")
@@ -146,6 +146,7 @@ class BatchRunner:
         self.fast = _redis_backend(self.backend)
         self.store = self.task is None or not self.task.ignore_result
         self.proto = self._item_context_fields()
+        self.slot = base.slot()  # every item's timing says where it ran (one lane of a timeline)
         self.results = ResultBuffer(self.app, self.backend)
         done = self._first_check()
         if self.fast:
@@ -203,6 +204,9 @@ class BatchRunner:
         fields.update(task=self.name, parent_id=None, group=None, group_index=None, chord=None, chain=None,
                       callbacks=None, errbacks=None, called_directly=False, retries=0, is_eager=False,
                       ignore_result=not self.store)
+        node = base.node_name()  # an in-kernel worker's items report its node name, as its tasks do
+        if node:
+            fields["hostname"] = node
         return vars(Context(fields))  # Context sets time_limit/soft_time_limit and headers once
 
     def _context(self, item_id: str, args: tuple[Any, ...]) -> Context:
@@ -219,6 +223,8 @@ class BatchRunner:
         _compat.push_current_task(task)
         try:
             signals.task_prerun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
+            # As NotebookTask.__call__ does: the item's stored states say when and where it ran.
+            context.celerynb_started = (time.time(), time.perf_counter(), self.slot)
             try:
                 value = fun(*args, **kwargs)
             except Ignore:  # TaskCancelled included: it marked its own state

@@ -60,6 +60,11 @@ class ResultBuffer:
             if "args" in meta:  # result_extended
                 meta.update(args=context.args, kwargs=context.kwargs)
         meta["task_id"] = context.id
+        if getattr(context, "celerynb_started", None):
+            result_store.add_timing(meta, state, context)
+        elif "date_started" in meta:  # copied from the template: not this item's (it never ran)
+            for name in result_store.TIMING_FIELDS:
+                meta.pop(name, None)
         key = self.keys.get(context.id) or backend.get_key_for_task(context.id)
         entry = (key, state, backend.encode(meta))
         with self.lock:

@@ -87,13 +87,23 @@ def store_result(backend: Any, task_id: str, result: Any, state: str, traceback:
     return True
 
 
+#: The fields :func:`add_timing` writes (a timeline reads them: ``celerynb.timeline``).
+TIMING_FIELDS = ("date_started", "runtime", "slot")
+
+
 def add_timing(meta: dict[str, Any], state: str, request: Any) -> None:
-    """``date_started`` (epoch seconds) on every state a running task stores, ``runtime`` on its
-    end state: a display opened after the task ended still knows how long it ran."""
+    """``date_started`` (epoch seconds) and ``slot`` (``pid/thread`` in its worker) on every state
+    a running task stores, ``runtime`` on its end state: a display opened after the task ended
+    still knows when, where and how long it ran. And ``root_id`` (Celery stores only
+    ``parent_id``): rows are grouped by workflow."""
+    root = getattr(request, "root_id", None)
+    if root and root != meta.get("task_id"):
+        meta["root_id"] = root
     began = getattr(request, "celerynb_started", None)
     if not began:
         return
     meta["date_started"] = round(began[0], 3)
+    meta["slot"] = began[2]
     if state in states.READY_STATES:
         meta["runtime"] = round(time.perf_counter() - began[1], 6)
 
