@@ -142,7 +142,7 @@ class TaskManager:
         label = name or getattr(coro, "__qualname__", None) or type(coro).__name__
         entry = _Entry(task_id, str(label), task=None)  # type: ignore[arg-type]
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, coro), name=f"TaskManager:{label}")
-        entry.task.add_done_callback(lambda t, e=entry, c=coro: self._finished(e, t, c))
+        entry.task.add_done_callback(lambda t: self._finished(entry, t, coro))
         self._entries[task_id] = entry
         return task_id
 

@@ -26,7 +26,13 @@ CELLS = [
 
 
 def test_cancel_clicks_while_cells_block_or_await(browser, tmp_path):  # noqa: F811
+    from importlib.metadata import version
+
     from playwright.sync_api import expect
+
+    lab = tuple(int(x) for x in version("jupyterlab").split(".")[:2])
+    if lab < (4, 4):  # README: a click then waits for the blocking cell (found by the version matrix)
+        pytest.skip(f"JupyterLab {version('jupyterlab')} sends no widget messages on a kernel subshell (4.4+ does)")
 
     root = tmp_path / "root"
     root.mkdir()

@@ -483,6 +483,11 @@ def test_explain_result_errors_replaces_the_timeout_only_when_explained(plain_ap
 def test_act_on_clicks_at_once_routes_a_widgets_messages_to_their_own_subshell(kernel):
     """ipykernel 7.4 routes a comm message by ``Comm._reply_subshell_for(data, default)``, default being
     the subshell it came on; made from the main shell, a widget's comm answers the main shell (None)."""
+    version = kernel.run("import ipykernel\nprint(ipykernel.__version__)").stdout.strip()
+    if tuple(int(x) for x in version.split(".")[:2]) < (7, 4):  # routed otherwise: the shim does nothing
+        assert kernel.run("import ipywidgets as w\nfrom celerynb import _compat\n"
+                          "_compat.act_on_clicks_at_once(w.Button())").status == "ok"
+        pytest.skip(f"ipykernel {version} has no Comm._reply_subshell_for (7.4 has)")
     reply = kernel.run(
         "import ipywidgets as w\nfrom celerynb import _compat\n"
         "plain, ours = w.Button(), w.Button()\n_compat.act_on_clicks_at_once(ours)\n"

@@ -68,7 +68,7 @@ def test_wheel_holds_the_package_only(dist):
     assert top == {"celerynb", f"celerynb-{version}.dist-info"}, top
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
     assert not [n for n in names if n.endswith((".ipynb", ".pyc")) or "__pycache__" in n]
-    for needed in ("celerynb/nbval_sanitize.cfg", "celerynb/testing.py", "celerynb/_version.py",
+    for needed in ("celerynb/nbval_sanitize.cfg", "celerynb/testing.py", "celerynb/_version.py", "celerynb/py.typed",
                    f"celerynb-{version}.dist-info/licenses/LICENSE", f"celerynb-{version}.dist-info/entry_points.txt"):
         assert needed in names, needed
     assert [n for n in names if n.startswith("celerynb/workers/sample_documents/")], "the guide's sample documents"

@@ -36,7 +36,7 @@ def reuse_redis_clients() -> None:
         return cached[1]
 
     _create_client._celerynb_reuses = True  # type: ignore[attr-defined]
-    channel_cls._create_client = _create_client
+    channel_cls._create_client = _create_client  # type: ignore[method-assign]
 
 
 _REDIS_CHANNEL_ATTRIBUTES = ("_put", "_q_for_pri", "_get_message_priority", "_expires", "conn_or_acquire")

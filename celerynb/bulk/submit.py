@@ -172,7 +172,7 @@ def apply_async_sender(task: Task, shared: dict[str, Any], options: dict[str, An
     extra: dict[str, Any] = {"retry": False} if batched else {}  # nothing leaves before the flush
 
     def send(args: tuple[Any, ...], first: bool) -> AsyncResult:
-        more = {"declare": []} if skip_declare and not first else {}
+        more: dict[str, Any] = {"declare": []} if skip_declare and not first else {}
         return task.apply_async(args, shared, producer=producer, **options, **extra, **more)
 
     return send

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -26,7 +27,7 @@ logger = logging.getLogger("celerynb")
 
 
 def connect(url: str = "auto", *, backend: str | None = None, workers: bool = True,
-            app: Celery | None = None, **cluster_options) -> LocalCluster | None:
+            app: Celery | None = None, **cluster_options: Any) -> LocalCluster | None:
     """Use the broker at ``url`` (``auto``: the cluster of a running ``celerynb up``).
 
     Broker and backend are checked first (a bad URL fails within 2 s with

@@ -11,6 +11,7 @@ restores what that worker held: every unacknowledged message whose task no live 
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ def held_by_live_workers(app: Celery, live_processes: list[str]) -> set[str]:
     return held
 
 
-def requeue_orphans(app: Celery, held: set[str], live_names: set[str] = frozenset()) -> list[str]:
+def requeue_orphans(app: Celery, held: set[str], live_names: AbstractSet[str] = frozenset()) -> list[str]:
     """Restore every unacknowledged message of ``app``'s Redis broker whose task is unfinished
     and held by no live worker; returns the task ids given back.
 

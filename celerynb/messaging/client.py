@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -176,7 +177,7 @@ class AsyncRedisClient:
     async def get(self, key: str) -> Any:
         return await self.redis.get(key)
 
-    async def set(self, key: str, value: Any, ex: float | None = None, nx: bool = False, **kw: Any) -> Any:
+    async def set(self, key: str, value: Any, ex: int | timedelta | None = None, nx: bool = False, **kw: Any) -> Any:
         return await self.redis.set(key, value, ex=ex, nx=nx, **kw)
 
     async def delete(self, *keys: str) -> int:

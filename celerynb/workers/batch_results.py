@@ -106,7 +106,7 @@ class ResultBuffer:
         if result_store.scripts_allowed():
             # One EVALSHA doing the same SET(EX) + PUBLISH per result: a pipeline of two commands
             # per item costs the client ~16 us of CPU per item to pack and parse, this ~4 us.
-            keys, args = [key for key, _, _ in pending], []
+            keys, args = [key for key, _, _ in pending], list[Any]()
             for _, state, value in pending:
                 args += (failure_expires if state == states.FAILURE else expires, value)
             try:

@@ -97,7 +97,7 @@ def _task_with_options(app: Celery, record: dict[str, Any], **attrs: Any) -> Tas
     options = record.get("options", {})
     attrs.update({a: options[a] for a in _OPTION_ATTRS if a in options},
                  name=record["name"], typing=False, __module__="notebook")
-    cls = type(record["function"], (app.Task,), attrs)
+    cls: Any = type(record["function"], (app.Task,), attrs)
     cls.bind(app)
     return cls()
 
