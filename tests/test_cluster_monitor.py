@@ -198,6 +198,37 @@ def test_a_broken_tab_is_a_line_and_a_tab_gets_the_records(embedded):
         monitor.stop()
 
 
+def test_the_monitor_has_a_timeline_of_the_tasks_its_events_told(embedded):
+    from celerynb.display.cluster import ClusterMonitor
+
+    monitor = ClusterMonitor(embedded.app)
+    try:
+        results = [embedded.app.send_task("tasks.analyze_content", args=(f"word {i}",)) for i in range(4)]
+        for result in results:
+            result.get(timeout=10)
+        wait_for(lambda: all((r := monitor.events.task(x.id)) and r.ended for x in results), message="4 ended")
+        monitor.stop()  # the last drawing has every task
+        html = monitor._repr_html_()
+        assert "Timeline" in html and "data:image/svg+xml;base64," in html and "4 tasks" in html, html[-3000:]
+    finally:
+        monitor.stop()
+
+
+def test_event_records_are_packed_into_one_lane_per_task_running_at_once():
+    from celerynb.tracking.cluster_events import TaskRecord
+    from celerynb.tracking.timing import from_event_records
+
+    def record(tid: str, worker: str, started: float | None, ended: float | None) -> TaskRecord:
+        return TaskRecord(tid, "t", "SUCCESS" if ended else "STARTED", worker, "q", None, None, started, ended,
+                          None, None, None, None, None)
+
+    timings = {t.task_id: t for t in from_event_records([
+        record("a", "w1", 0.0, 2.0), record("b", "w1", 1.0, 3.0), record("c", "w1", 2.5, 4.0),
+        record("d", "w2", 1.0, None), record("e", "w2", 1.5, 2.0), record("queued", "w2", None, None)])}
+    assert [timings[t].slot for t in "abcde"] == ["lane 1", "lane 2", "lane 1", "lane 1", "lane 2"]
+    assert timings["d"].ended is None and not timings["queued"].timed
+
+
 # -- the machine's Redis and RabbitMQ, a plain `celery worker -E` process ------------------------------
 
 

@@ -20,12 +20,16 @@ from celery import Celery
 from celerynb import config
 from celerynb.display import _views, lifetime
 from celerynb.display._base import attached_to, current_parent
+from celerynb.display.timeline import Timeline
 from celerynb.rendering import render
 from celerynb.tracking.cluster_events import MAX_TASKS, ClusterEvents, TaskRecord, WorkerRecord
 from celerynb.tracking.task_lookup import TaskWhere, describe
+from celerynb.tracking.timing import from_event_records
 
 #: Seconds between two redraws at most (a few per second).
 REFRESH = 0.5
+#: Seconds between two drawings of the monitor's timeline section.
+TIMELINE_EVERY = 2.0
 #: Tasks waiting in a queue shown under it.
 NEXT_SHOWN = 3
 
@@ -52,10 +56,14 @@ class ClusterMonitor:
             Flower does, so workers started without ``-E`` send task events too.
         queues: queues to watch besides the app's, the workers' and those events name.
         refresh: seconds between redraws at most.
+        timeline: show a "Timeline" section (:func:`celerynb.timeline` of the kept tasks, from
+            their events: a lane per task running at once on each worker), redrawn at most every
+            :data:`TIMELINE_EVERY` s.
     """
 
     def __init__(self, app: Celery | None = None, *, rows: int = 20, max_tasks: int = MAX_TASKS,
-                 enable_events: bool = True, queues: list[str] | None = None, refresh: float = REFRESH) -> None:
+                 enable_events: bool = True, queues: list[str] | None = None, refresh: float = REFRESH,
+                 timeline: bool = True) -> None:
         if app is None:
             from celerynb.cluster.apps import current_app
 
@@ -67,6 +75,9 @@ class ClusterMonitor:
         self.refresh = refresh
         self.stopped = False
         self._tabs: list[tuple[str, Tab]] = []
+        self._timeline_drawn: tuple[float, str] = (0.0, "")
+        if timeline:
+            self.add_tab("Timeline", self._timeline_tab)
         self._lock = threading.Lock()
         self._last_draw = 0.0
         self._display_id: str | None = None
@@ -107,6 +118,19 @@ class ClusterMonitor:
         """Show ``render_tab(self.tasks())`` (HTML) in a foldable section under the tables, redrawn
         with them: the hook for other views of the same tasks (a timeline)."""
         self._tabs.append((title, render_tab))
+
+    def _timeline_tab(self, records: list[TaskRecord]) -> str:
+        """The kept tasks' timeline: drawn again at most every ``TIMELINE_EVERY`` s (an SVG of many
+        tasks costs tens of ms), and once more when the monitor stops."""
+        drawn_at, html = self._timeline_drawn
+        now = time.monotonic()
+        if html and now - drawn_at < TIMELINE_EVERY and not self.stopped:
+            return html
+        timings = from_event_records(records)
+        html = Timeline(timings)._repr_html_() if any(t.timed for t in timings) else (
+            "No task has started since the monitor began.")
+        self._timeline_drawn = (now, html)
+        return html
 
     # -- drawing ---------------------------------------------------------------------------
     def text(self) -> str:

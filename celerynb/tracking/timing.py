@@ -108,3 +108,28 @@ def _epoch(value: Any) -> float | None:
     if when.tzinfo is None:  # Celery writes UTC
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+def from_event_records(records: Iterable[Any]) -> list[TaskTiming]:
+    """Timing records from the cluster monitor's event records (``ClusterEvents.tasks()``).
+
+    Celery's events say which worker ran a task but not in which of its slots, so each worker's
+    tasks are packed into lanes (the first lane free when the task started): as many lanes as
+    tasks ran at once on that worker, which is what its slots did.
+    """
+    timed = [r for r in records if getattr(r, "started", None) is not None]
+    lanes: dict[str, list[float]] = {}  # worker -> when each of its lanes is free again
+    found: list[TaskTiming] = []
+    for record in sorted(timed, key=lambda r: r.started):
+        ended = record.ended if record.ended is not None else (
+            record.started + record.runtime if record.runtime is not None else None)
+        free = lanes.setdefault(record.worker or "?", [])
+        lane = next((i for i, at in enumerate(free) if at <= record.started), len(free))
+        if lane == len(free):
+            free.append(0.0)
+        free[lane] = ended if ended is not None else float("inf")  # a running task holds its lane
+        found.append(TaskTiming(record.task_id, name=record.name, state=record.state, worker=record.worker,
+                                slot=f"lane {lane + 1}", sent=record.sent, started=record.started, ended=ended))
+    found += [TaskTiming(r.task_id, name=r.name, state=r.state, worker=r.worker, sent=r.sent)
+              for r in records if getattr(r, "started", None) is None]
+    return found
