@@ -33,26 +33,21 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _jupyterlab(tmp_path: Path, root: Path):
-    """JupyterLab on a free port serving ``root``, with its own config; stopped by PID after."""
+def jupyter_frontend(tmp_path: Path, root: Path, app: str, *extra: str, env: dict[str, str] | None = None):
+    """``jupyter <app>`` (lab, notebook) on a free port serving ``root``, with its own config and data
+    dirs; yields (base URL, token) once it answers; stopped by PID after."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    config = tmp_path / "jupyter_server_config.py"
-    config.write_text(
-        "c.LabApp.news_url = None\n"
-        "c.LabApp.check_for_updates_class = 'jupyterlab.NeverCheckForUpdate'\n"
-        "c.LabApp.extension_manager = 'readonly'\n"
-    )
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["CELERYNB_NONINTERACTIVE"] = "0"  # the kernel must render widgets, even under CI=true
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path)
-    env["JUPYTER_DATA_DIR"] = str(tmp_path / "data")  # a fresh Lab: no trust database, no workspace
-    env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "workspaces")
-    log = open(tmp_path / "lab.log", "w")
+    env["JUPYTER_DATA_DIR"] = str(tmp_path / "data")  # fresh: no trust database, no workspace
+    log_path = tmp_path / f"{app}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+        [sys.executable, "-m", "jupyter", app, "--no-browser", "--allow-root", f"--port={port}",
          f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-         "--expose-app-in-browser", f"--config={config}"],
+         "--expose-app-in-browser", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
@@ -64,7 +59,7 @@ def _jupyterlab(tmp_path: Path, root: Path):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+                    pytest.fail(f"jupyter {app} did not start: {log_path.read_text()[-2000:]}")
                 time.sleep(0.2)
         yield base, token
     finally:
@@ -75,6 +70,19 @@ def _jupyterlab(tmp_path: Path, root: Path):
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def _jupyterlab(tmp_path: Path, root: Path):
+    """JupyterLab serving ``root``, quiet (no news, no update check, read-only extension manager)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)  # for its config file
+    config = tmp_path / "jupyter_server_config.py"
+    config.write_text(
+        "c.LabApp.news_url = None\n"
+        "c.LabApp.check_for_updates_class = 'jupyterlab.NeverCheckForUpdate'\n"
+        "c.LabApp.extension_manager = 'readonly'\n"
+    )
+    return jupyter_frontend(tmp_path, root, "lab", f"--config={config}",
+                            env={"JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")})
 
 
 @pytest.fixture

@@ -4,20 +4,12 @@ Run by the version matrix (``nox -s "matrix(notebook-7)"``); skipped where Noteb
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import secrets
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from test_browser import ARTIFACTS, NOTEBOOK, _free_port, browser  # noqa: F401 - the fixture is used by name
+from test_browser import ARTIFACTS, NOTEBOOK, browser, jupyter_frontend  # noqa: F401 - the fixture is used by name
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,41 +22,9 @@ def notebook7():
     return notebook.__version__
 
 
-@contextlib.contextmanager
 def _notebook_server(tmp_path: Path, root: Path):
-    """``jupyter notebook`` on a free port serving ``root``; stopped by PID after."""
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ)
-    env["CELERYNB_NONINTERACTIVE"] = "0"  # the kernel must render widgets, even under CI=true
-    env["JUPYTER_CONFIG_DIR"] = str(tmp_path)
-    env["JUPYTER_DATA_DIR"] = str(tmp_path / "data")
-    log = open(tmp_path / "notebook.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "notebook", "--no-browser", "--allow-root", f"--port={port}",
-         f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}",
-         "--expose-app-in-browser"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"Notebook did not start: {(tmp_path / 'notebook.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-        yield base, token
-    finally:
-        proc.send_signal(signal.SIGTERM)  # stops its kernels too
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+    """``jupyter notebook`` (Notebook 7) serving ``root``; stopped by PID after."""
+    return jupyter_frontend(tmp_path, root, "notebook")
 
 
 def test_bar_moves_and_ends_green_in_notebook_7(browser, notebook7, tmp_path):  # noqa: F811
