@@ -33,8 +33,8 @@ LAYERS = [
 MAX_LINES = 440
 #: Private attributes of our own objects that the scan below cannot tell from another project's.
 OWN_PRIVATE = {"_render", "_connect_redis", "_pid", "_exit", "_tqdm", "_shown_in", "_quiet"}
-#: Underscore names that are documented protocols, not internals (IPython: an exception's own traceback).
-PROTOCOLS = {"_render_traceback_"}
+#: Underscore names that are documented protocols, not internals (IPython: an exception's own traceback, rich HTML).
+PROTOCOLS = {"_render_traceback_", "_repr_html_"}
 
 
 def _module_name(path: Path) -> str:

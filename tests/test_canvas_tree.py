@@ -251,7 +251,7 @@ def test_signature_tree_keeps_celerys_ids(tasks):
 @pytest.mark.slow
 def test_the_widget_tree_displays_in_a_real_kernel(kernel):
     reply = kernel.run(
-        "import os; os.environ.pop('CELERYNB_NONINTERACTIVE', None)\n"
+        "import os; os.environ['CELERYNB_NONINTERACTIVE'] = '0'\n"  # widgets, even under CI=true
         "import celerynb\nfrom celery import chain, group\n"
         "from celerynb.workers.tasks import long_process\n"
         "step = long_process.si([1, 2], delay=0.05)\n"
