@@ -134,3 +134,24 @@ def test_cancel_function_stops_a_group(cluster, app):
         assert quick.state == "SUCCESS"
         with pytest.raises(ValueError, match="cancel\\(\\) needs tasks"):
             celerynb.cancel([])
+
+
+def test_a_task_starting_while_the_watchdog_ticks_does_not_wake_it(monkeypatch):
+    """One thread switch less per task: the watchdog is woken only when it sleeps for lack of tasks."""
+    import threading
+
+    from celerynb.workers import stopping
+
+    class CountingCondition(threading.Condition):
+        notified = 0
+
+        def notify(self, n=1):
+            CountingCondition.notified += 1
+            super().notify(n)
+
+    monkeypatch.setattr(stopping, "_wake", CountingCondition(stopping._lock))
+    done = []
+    for i in range(200):
+        stopping.apply_target(done.append, (i,), callback=lambda _: None)
+    assert done == list(range(200))
+    assert CountingCondition.notified <= 1, CountingCondition.notified  # the first, if it slept

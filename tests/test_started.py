@@ -131,3 +131,63 @@ def test_explicit_track_started_keeps_celerys_immediate_write(cluster, log, trac
     log.follow(task_id)
     send()
     assert log.states("SUCCESS") == ["STARTED", "SUCCESS"]
+
+
+class _CountingCondition:
+    """A real ``threading.Condition`` that counts the waits of the reporter's thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self.waits = 0
+
+    def __enter__(self):
+        return self._cond.__enter__()
+
+    def __exit__(self, *exc):
+        return self._cond.__exit__(*exc)
+
+    def wait(self, timeout=None):
+        self.waits += 1
+        return self._cond.wait(timeout)
+
+    def notify(self, n=1):
+        self._cond.notify(n)
+
+
+class _Stored:
+    """What ``StartedReporter._write`` needs of a task: its backend, here a list of what was stored."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str]] = []
+        self.backend = self
+
+    def store_result(self, task_id, result, state, request=None):
+        self.states.append((task_id, state))
+
+
+def test_the_reporter_thread_does_not_wake_once_per_task_and_still_writes_after_dozing():
+    from types import SimpleNamespace
+
+    reporter = started.StartedReporter(after=0.05)
+    reporter.IDLE_AFTER = 0.3
+    reporter._cond = cond = _CountingCondition()
+    task = _Stored()
+    for i in range(300):  # quick tasks, one after the other: none is seen running
+        request = SimpleNamespace(id=f"quick-{i}", hostname="h")
+        reporter.schedule(task, request)
+        time.sleep(0.001)  # the task's body
+        reporter.cancel(request.id)
+    assert task.states == []
+    assert cond.waits < 100, cond.waits  # one per 50 ms at most, not one per task (300)
+
+    deadline = time.monotonic() + 10
+    while not reporter._dozing:  # no task for IDLE_AFTER: it sleeps until the next one
+        assert time.monotonic() < deadline, "the reporter never went to sleep"
+        time.sleep(0.01)
+    reporter.schedule(task, SimpleNamespace(id="long", hostname="h"))  # wakes it
+    while not task.states:
+        assert time.monotonic() < deadline, "no STARTED for a task scheduled after the reporter slept"
+        time.sleep(0.01)
+    assert task.states == [("long", "STARTED")]

@@ -31,7 +31,12 @@ STARTED_AFTER = 0.05
 
 
 class StartedReporter:
-    """Writes the STARTED state of tasks that run longer than ``after`` seconds (one thread)."""
+    """Writes the STARTED state of tasks that run longer than ``after`` seconds (one thread).
+
+    While tasks come, the thread wakes every ``after`` s at most, not once per task; after
+    ``IDLE_AFTER`` s without one it sleeps until the next is scheduled."""
+
+    IDLE_AFTER = 2.0
 
     def __init__(self, after: float = STARTED_AFTER) -> None:
         self.after = after
@@ -41,6 +46,8 @@ class StartedReporter:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._dozing = False
+        self._last_scheduled = 0.0
         self.written = 0
 
     def schedule(self, task: Task, request: Any) -> None:
@@ -48,9 +55,9 @@ class StartedReporter:
         with self._cond:
             self._ensure_thread()
             self._due[task_id] = (task, request)
-            wake = not self._heap
-            heapq.heappush(self._heap, (time.monotonic() + self.after, next(self._seq), task_id))
-            if wake:
+            self._last_scheduled = now = time.monotonic()
+            heapq.heappush(self._heap, (now + self.after, next(self._seq), task_id))
+            if self._dozing:  # otherwise its timed wait ends before this deadline: no wake-up per task
                 self._cond.notify()
 
     def cancel(self, task_id: str) -> None:
@@ -70,8 +77,16 @@ class StartedReporter:
     def _run(self) -> None:
         with self._cond:
             while True:
-                while not self._heap:
-                    self._cond.wait()
+                while self._heap and self._heap[0][2] not in self._due:  # ended before its STARTED
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    if time.monotonic() - self._last_scheduled < self.IDLE_AFTER:
+                        self._cond.wait(self.after)  # ends before the deadline of anything scheduled meanwhile
+                    else:
+                        self._dozing = True
+                        self._cond.wait()
+                        self._dozing = False
+                    continue
                 deadline, _, task_id = self._heap[0]
                 delay = deadline - time.monotonic()
                 if delay > 0:
