@@ -480,6 +480,42 @@ def test_explain_result_errors_replaces_the_timeout_only_when_explained(plain_ap
         _compat.explain_result_errors(explain=submitted.explain_timeout)  # what the rest of the session runs with
 
 
+def _stored_elsewhere(plain_app, task_id: str, value, publish: bool = True) -> None:
+    """``task_id`` SUCCESS with ``value``, stored by another client (pushed to subscribers unless not ``publish``)."""
+    other = Celery(f"compat-other-{uuid.uuid4().hex[:8]}", backend=plain_app.conf.result_backend, set_as_current=False)
+    try:
+        if publish:
+            other.backend.store_result(task_id, value, "SUCCESS")
+        else:  # the document alone, as if its message was lost
+            meta = {"status": "SUCCESS", "result": value, "traceback": None, "children": [], "task_id": task_id}
+            other.backend.client.set(other.backend.get_key_for_task(task_id), other.backend.encode(meta), ex=60)
+    finally:
+        other.close()
+
+
+def test_skip_redundant_result_reads_waits_for_the_push_and_reads_late_when_it_is_lost(plain_app):
+    from conftest import command_calls, commands_sent
+
+    _compat.skip_redundant_result_reads()  # idempotent: celerynb installs it on import
+    url, backend = plain_app.conf.result_backend, plain_app.backend
+    pushed = plain_app.send_task("compat.never-consumed")  # subscribed as it is sent
+    before = command_calls(url)
+    threading.Timer(0.2, _stored_elsewhere, (plain_app, pushed.id, 5)).start()
+    assert pushed.get(timeout=30) == 5
+    assert commands_sent(before, command_calls(url)).get("get", 0) == 0  # Celery's read first: one GET
+
+    lost = plain_app.send_task("compat.never-consumed")
+    _stored_elsewhere(plain_app, lost.id, 6, publish=False)
+    assert lost.get(timeout=30) == 6  # read once, a second later, instead of waiting for ever
+
+    short = plain_app.send_task("compat.never-consumed")
+    _stored_elsewhere(plain_app, short.id, 7, publish=False)
+    assert short.get(timeout=2) == 7  # a short timeout reads first, as Celery does
+    for result in (pushed, lost, short):
+        backend.client.delete(backend.get_key_for_task(result.id))
+    plain_app.connection_for_write().default_channel.client.delete("celery")  # our messages only
+
+
 def test_act_on_clicks_at_once_routes_a_widgets_messages_to_their_own_subshell(kernel):
     """ipykernel 7.4 routes a comm message by ``Comm._reply_subshell_for(data, default)``, default being
     the subshell it came on; made from the main shell, a widget's comm answers the main shell (None)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -267,6 +268,8 @@ def explain_result_errors(explain: Callable[[Any, str], str | None] | None = Non
 
     def wait_for_pending(self: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of tracebacks
+        if "_celerynb_sent_subscribed" in self.__dict__:
+            _read_later(self, result, kwargs)
         try:
             return original(self, result, *args, **kwargs)
         except ResultTimeout:
@@ -280,6 +283,72 @@ def explain_result_errors(explain: Callable[[Any, str], str | None] | None = Non
 
     wait_for_pending.__wrapped__ = original  # type: ignore[attr-defined]
     AsyncBackendMixin.wait_for_pending = wait_for_pending
+
+
+#: Tasks whose result a backend subscribed to as it sent them, remembered per backend (oldest dropped).
+_SENT_SUBSCRIBED_MAX = 16_384
+#: Longest a ``get()`` of such a task waits for its pushed state before reading it once anyway.
+READ_LATER_AFTER = 1.0
+
+
+def skip_redundant_result_reads() -> None:
+    """``get()`` of a task its Redis result backend subscribed to when sending it (``on_task_call``) waits for
+    the pushed state and reads the stored one only after ``READ_LATER_AFTER`` s without it (not with a
+    ``timeout`` under 3 s). Celery 5.7.0 reads it first (``ResultConsumer.on_wait_for_pending``), a round trip per call
+    that only matters when the subscription came too late or the pushed state was dropped from the full
+    ``BufferMap``: then the read is done at once, as by Celery. Idempotent."""
+    from celery.backends.redis import RedisBackend, ResultConsumer
+    from celery.utils.collections import BufferMap
+
+    if getattr(ResultConsumer.on_wait_for_pending, "__wrapped__", None) is not None:
+        return
+    on_task_call, on_wait_for_pending = RedisBackend.on_task_call, ResultConsumer.on_wait_for_pending
+    pop_to_evict = BufferMap._pop_to_evict
+
+    def _on_task_call(self: Any, producer: Any, task_id: str) -> None:
+        on_task_call(self, producer, task_id)
+        consumer = self.result_consumer
+        if consumer._get_key_for_task(task_id) in consumer.subscribed_to:
+            sent = self.__dict__.setdefault("_celerynb_sent_subscribed", {})
+            sent[task_id] = None
+            if len(sent) > _SENT_SUBSCRIBED_MAX:
+                sent.pop(next(iter(sent), None), None)
+
+    def _on_wait_for_pending(self: Any, result: Any, **kwargs: Any) -> None:
+        if not result.__dict__.pop("_celerynb_skip_first_read", False):
+            on_wait_for_pending(self, result, **kwargs)
+
+    def _pop_to_evict(self: Any) -> None:
+        self._celerynb_evicted = True  # a pushed state may be gone: reads come first again
+        pop_to_evict(self)
+
+    _on_wait_for_pending.__wrapped__ = on_wait_for_pending  # type: ignore[attr-defined]
+    RedisBackend.on_task_call = _on_task_call
+    ResultConsumer.on_wait_for_pending = _on_wait_for_pending
+    BufferMap._pop_to_evict = _pop_to_evict
+
+
+def _read_later(backend: Any, result: Any, kwargs: dict[str, Any]) -> None:
+    """Arrange for ``wait_for_pending`` to skip the first read of ``result`` (see :func:`skip_redundant_result_reads`)."""
+    sent = backend.__dict__.get("_celerynb_sent_subscribed")
+    if not sent or result.id not in sent:
+        return
+    del sent[result.id]
+    timeout = kwargs.get("timeout")
+    if getattr(backend._pending_messages, "_celerynb_evicted", False) or (timeout is not None and timeout < 3 * READ_LATER_AFTER):
+        return  # a short timeout: the read first, as Celery does (its waits last up to a second)
+    started, read = time.monotonic(), list[bool]()
+    consumer, on_interval = backend.result_consumer, kwargs.get("on_interval")
+    result._celerynb_skip_first_read = True
+
+    def read_once_late() -> None:  # called after every wait: a message, or a second without one
+        if not read and time.monotonic() - started >= READ_LATER_AFTER:
+            read.append(True)
+            consumer.on_wait_for_pending(result, timeout=timeout)  # Celery's read, the skip used up
+        if on_interval is not None:
+            on_interval()
+
+    kwargs["on_interval"] = read_once_late
 
 
 # -- Celery: running the items of a batch as tasks of their own -------------------------------------
