@@ -89,8 +89,12 @@ CELLS = (
 
 # -- measuring (in the child interpreter of one block) -------------------------------------------
 def _sizes(quick: bool) -> dict[str, int]:
-    """Calls per workload: ``--quick`` makes a quarter of them (the names keep the full sizes)."""
-    return {name: n // 4 if quick else n for name, n in THROUGHPUT.items()}
+    """Calls per workload: ``--quick`` makes a quarter of them (the names keep the full sizes).
+
+    ``CELERYNB_BENCH_PEERS_WORKLOADS`` (comma-separated, e.g. ``rtt``) keeps only those workloads,
+    for a focused run; the round trip is always measured."""
+    only = {w.strip() for w in os.environ.get("CELERYNB_BENCH_PEERS_WORKLOADS", "").split(",") if w.strip()}
+    return {name: n // 4 if quick else n for name, n in THROUGHPUT.items() if not only or name in only}
 
 
 def _median_rtt(call, n: int) -> float:
