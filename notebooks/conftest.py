@@ -49,6 +49,9 @@ def _survivors() -> list[tuple[int, str]]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if getattr(session.config, "workerinput", None) is None and getattr(session.config.option, "numprocesses", None):
+        shutil.rmtree(_RUNTIME, ignore_errors=True)  # pytest-xdist's controller: each worker checks its notebooks
+        return
     deadline = time.monotonic() + 10  # kernels take a moment to exit after their last cell
     left = _survivors()
     while left and time.monotonic() < deadline:

@@ -184,6 +184,33 @@ def own_keys_only(url: str):
         client.close()
 
 
+def xdist_controller(config) -> bool:
+    """True in the process that hands tests to pytest-xdist workers (``-n 2``): it runs none itself."""
+    return getattr(config, "workerinput", None) is None and bool(getattr(config.option, "numprocesses", None))
+
+
+_MACHINE_BROKERS_LOCK = Path(tempfile.gettempdir()) / "celerynb-tests-machine-brokers.lock"
+
+
+@pytest.fixture(autouse=True)
+def _one_test_at_a_time_on_the_machines_brokers(request):
+    """Tests on the machine's Redis or RabbitMQ share their databases and default queues, and
+    :func:`own_keys_only` removes every key that appeared meanwhile: with ``-n 2`` a test there
+    holds this lock (``flock``, released by the kernel even if the worker dies) while it runs."""
+    uses = {"redis7_url", "rabbitmq_url"} & set(request.fixturenames)
+    if not uses and request.node.get_closest_marker("external") is None:
+        yield
+        return
+    import fcntl
+
+    with open(_MACHINE_BROKERS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def redis7_url():
     """The machine's Redis 7 (a database our tests use), skipped where unreachable; the keys a
@@ -218,6 +245,9 @@ def discovery_cluster(session_dir):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if xdist_controller(session.config):  # each worker checks what it started; these are its workers
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+        return
     import celerynb
 
     celerynb.stop()

@@ -327,6 +327,7 @@ def test_own_client_is_closed_after_stop(cluster, app):
         probe.close()
 
 
+@pytest.mark.external
 def test_bridge_over_a_separate_redis7(cluster, app):
     """Requests and answers on the machine's Redis 7 (db 14) while Celery runs on the embedded server."""
     from conftest import own_keys_only, reachable
