@@ -291,6 +291,17 @@ _SENT_SUBSCRIBED_MAX = 16_384
 READ_LATER_AFTER = 1.0
 
 
+_served_here: Callable[[str], bool] | None = None
+
+
+def skip_result_subscriptions(served_here: Callable[[str], bool]) -> None:
+    """No SUBSCRIBE when sending a task for which ``served_here(task_id)`` is true (its result
+    reaches the caller another way). Installs :func:`skip_redundant_result_reads` too."""
+    global _served_here
+    _served_here = served_here
+    skip_redundant_result_reads()
+
+
 def skip_redundant_result_reads() -> None:
     """``get()`` of a task its Redis result backend subscribed to when sending it (``on_task_call``) waits for
     the pushed state and reads the stored one only after ``READ_LATER_AFTER`` s without it (not with a
@@ -306,6 +317,8 @@ def skip_redundant_result_reads() -> None:
     pop_to_evict = BufferMap._pop_to_evict
 
     def _on_task_call(self: Any, producer: Any, task_id: str) -> None:
+        if _served_here is not None and _served_here(task_id):
+            return  # its end state is handed over in this process (celerynb.workers.local_results)
         on_task_call(self, producer, task_id)
         consumer = self.result_consumer
         if consumer._get_key_for_task(task_id) in consumer.subscribed_to:
@@ -349,6 +362,20 @@ def _read_later(backend: Any, result: Any, kwargs: dict[str, Any]) -> None:
             on_interval()
 
     kwargs["on_interval"] = read_once_late
+
+
+def settle_result(result: Any, meta: dict[str, Any]) -> bool:
+    """Give ``result`` the state ``meta`` (a decoded result document) when it is an end state, as a
+    pushed state does: ``AsyncResult._maybe_set_cache`` (celery 5.7.0). True once it has one."""
+    result._maybe_set_cache(meta)
+    return bool(result._cache)
+
+
+def finish_get(result: Any, *, propagate: bool = True, callback: Callable[..., Any] | None = None) -> Any:
+    """End ``result.get()`` for a result :func:`settle_result` settled, as Celery's own wait ends (the
+    patched ``wait_for_pending``: a task's exception noted with its frames), without its first read."""
+    result._celerynb_skip_first_read = True
+    return result.backend.wait_for_pending(result, callback=callback, propagate=propagate)
 
 
 # -- Celery: running the items of a batch as tasks of their own -------------------------------------

@@ -25,7 +25,7 @@ from celerynb.cluster.worker_logs import WorkerLogFile
 from celerynb.cluster.worker_loss import WorkerLoss, recover
 from celerynb.config import scratch
 from celerynb.rendering import render
-from celerynb.workers import cells, urls
+from celerynb.workers import cells, local_results, urls
 
 logger = logging.getLogger("celerynb")
 
@@ -127,7 +127,14 @@ class LocalCluster:
                 self.stop()
                 raise
             _register_exit_hooks()
+            self._serve_own_results()
             return self
+
+    def _serve_own_results(self) -> None:
+        """The kernel's own workers alone take this cluster's tasks (its embedded server, no
+        worker process): their results go straight to the kernel's ``.get()`` (:mod:`local_results`)."""
+        local_results.serve(self.app, self.running and self.server is not None and bool(self.workers)
+                            and not self.processes)
 
     def _ensure_broker(self) -> None:
         app = self.app
@@ -183,6 +190,7 @@ class LocalCluster:
         if worker.queues is None:
             for name in _task_queues(self.app):
                 worker.add_queue(name)
+        self._serve_own_results()
         return worker
 
     def add_process(
@@ -209,6 +217,7 @@ class LocalCluster:
             extra_args=extra_args,
         )
         self.processes.append(proc)
+        self._serve_own_results()  # off before its first task can be sent
         proc.start(self.app)
         return proc
 
@@ -240,6 +249,7 @@ class LocalCluster:
         """
         global _current
         with lock:
+            local_results.serve(self.app, False)
             if self.beat is not None:
                 self.beat.stop()
                 self.beat = None

@@ -16,8 +16,9 @@ from typing import Any
 from celery import Celery, Task
 from celery.states import READY_STATES
 from kombu.exceptions import EncodeError
+from kombu.utils.uuid import uuid
 
-from celerynb.workers import capture, cells, started, stopping
+from celerynb.workers import capture, cells, local_results, started, stopping
 
 #: Called with the app before every ``apply_async`` (cheap checks only: this is a hot path).
 submit_hooks: list[Callable[[Celery], None]] = []
@@ -103,10 +104,21 @@ class NotebookTask(Task):
             # once per result backend, and again before it expires).
             cells.ship(self.app, record)
             options["headers"] = {**(options.get("headers") or {}), cells.HEADER: record["version"]}
+        if (local_results.serving(self.app) and not rest and not self.app.conf.task_always_eager
+                and not options.get("ignore_result", self.ignore_result)):
+            options["task_id"] = task_id = options.get("task_id") or uuid()
+            local_results.expect(task_id)  # run and stored by this process: no subscription, no read
         try:
             return super().apply_async(args, kwargs, *rest, **options)
         except EncodeError as exc:
+            local_results.forget(options.get("task_id") or "")
             raise describe_encode_error(self, args, kwargs, exc) from None
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # noqa: N802 - Celery's name
+        if local_results.expected(task_id):
+            return local_results.ServedResult(task_id, backend=self.backend, task_name=self.name,
+                                              app=self.app, **kwargs)
+        return super().AsyncResult(task_id, **kwargs)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Say in the STARTED state that this run is a redelivery (a worker died with the task).

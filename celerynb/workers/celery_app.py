@@ -7,11 +7,12 @@ environment, then a running ``celerynb up``, else an embedded server started on 
 from celery import Celery, signals
 
 from celerynb import _compat
-from celerynb.workers import batch, capture, cells, result_store, task_errors, urls
+from celerynb.workers import batch, capture, cells, local_results, result_store, task_errors, urls
 
 _compat.reuse_redis_clients()  # kombu builds a Redis client per command otherwise (3 per task)
 _compat.explain_result_errors(annotate=task_errors.add_task_traceback)  # .get() shows the task's frames
 _compat.skip_redundant_result_reads()  # .get() of a task subscribed to at send: no read first (a round trip)
+_compat.skip_result_subscriptions(local_results.expected)  # run and stored in this process: handed over
 result_store.install()  # one atomic round trip per stored state (Celery: two, and a RETRY-over-SUCCESS race)
 
 app = Celery(

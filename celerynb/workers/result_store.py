@@ -18,6 +18,7 @@ from typing import Any
 from celery import states
 
 from celerynb import _compat
+from celerynb.workers import local_results
 
 #: SET(EX when the TTL > 0) and PUBLISH ``ARGV[2]`` unless the stored state is SUCCESS. Celery
 #: writes ``status`` first; any other layout is decoded in full.
@@ -84,6 +85,8 @@ def store_result(backend: Any, task_id: str, result: Any, state: str, traceback:
         if isinstance(exc, NoPermissionError) or any(w in str(exc).lower() for w in ("unknown command", "disabled")):
             refuse_scripts()
         return False
+    if state in states.READY_STATES:
+        local_results.stored(meta["task_id"], value)  # a .get() of this process waits for it
     return True
 
 
