@@ -99,3 +99,18 @@ def test_with_worker_processes_results_come_the_way_celery_sends_them(app):
     assert not isinstance(result, local_results.ServedResult)
     assert result.get(timeout=60)["words"] == 4
     cluster.stop()
+
+
+def _retry_once(self):
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.2, max_retries=2)
+    return self.request.retries
+
+
+def test_a_retried_task_is_handed_over_on_its_last_attempt(cluster):
+    """The retry sends the same id again: the waiting ``.get()`` keeps its slot (no read after a second)."""
+    url = cluster.app.conf.result_backend
+    with registered(celerynb_app, _retry_once, "tests.local_results.retry_once", bind=True) as task:
+        before = command_calls(url)
+        assert task.delay().get(timeout=30) == 1
+        assert commands_sent(before, command_calls(url)).get("get", 0) == 0  # its own read: a GET

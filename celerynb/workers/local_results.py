@@ -62,8 +62,16 @@ def serving(app: Any) -> bool:
 
 
 def expect(task_id: str) -> None:
-    """Before sending ``task_id``: its stored end state is kept for the ``.get()`` of this process."""
+    """Before sending ``task_id``: its stored end state is kept for the ``.get()`` of this process.
+
+    A retry sends the same id again: the slot a ``.get()`` may be waiting on is kept, unless it
+    holds an end state already (the id sent anew)."""
     with _lock:
+        slot = _expected.get(task_id)
+        if slot is not None and not slot.event.is_set():
+            return
+        if slot is not None:
+            _drop(slot)
         _expected[task_id] = _Slot()
         if len(_expected) > MAX_EXPECTED:
             _drop(_expected.popitem(last=False)[1])
