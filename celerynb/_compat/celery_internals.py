@@ -277,8 +277,7 @@ def explain_result_errors(explain: Callable[[Any, str], str | None] | None = Non
             if reason is None:
                 raise
         except BaseException as exc:  # noted (the task's frames replace Celery's and vine's); an interrupt too
-            _on_get.get("annotate", lambda *_: None)(result, exc)
-            raise exc.with_traceback(None) if getattr(exc, "_celerynb_noted", False) else exc  # noqa: B904
+            raise noted_get_error(result, exc)  # noqa: B904
         raise ResultTimeout(reason) from None
 
     wait_for_pending.__wrapped__ = original  # type: ignore[attr-defined]
@@ -362,6 +361,13 @@ def _read_later(backend: Any, result: Any, kwargs: dict[str, Any]) -> None:
             on_interval()
 
     kwargs["on_interval"] = read_once_late
+
+
+def noted_get_error(result: Any, exc: BaseException) -> BaseException:
+    """What a ``get()`` of ``result`` that ended in ``exc`` raises: ``exc`` with the note
+    :func:`explain_result_errors` adds (a task's frames, the tasks an interrupt left running)."""
+    _on_get.get("annotate", lambda *_: None)(result, exc)
+    return exc.with_traceback(None) if getattr(exc, "_celerynb_noted", False) else exc
 
 
 def settle_result(result: Any, meta: dict[str, Any]) -> bool:

@@ -138,8 +138,12 @@ class ServedResult(AsyncResult):
         if plain and self._cache is None and self.parent is None and expected(self.id):
             if kwargs.get("disable_sync_subtasks", True):
                 assert_will_not_block()  # Celery's "never call result.get() within a task", first
+            __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of tracebacks
             began = time.monotonic()
-            wait_stored(self, timeout)
+            try:
+                wait_stored(self, timeout)
+            except BaseException as exc:  # an interrupt: the note says the task keeps running
+                raise _compat.noted_get_error(self, exc)  # noqa: B904
             if self._cache:
                 return _compat.finish_get(self, propagate=kwargs.get("propagate", True),
                                           callback=kwargs.get("callback"))
