@@ -74,6 +74,19 @@ class TaskOptions:
             raise CellTaskError(f"--name {self.name!r} is not a task name: use e.g. tasks.my_task.")
 
 
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, again when CPython 3.11 (seen on 3.11.7) raises "AST constructor recursion depth
+    mismatch": its AST state is shared by all threads, and a traceback formatted meanwhile in
+    another thread (3.11 parses source lines to place its ``^^^`` marks) upsets the count."""
+    for attempt in range(3):
+        try:
+            return ast.parse(source)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def find_task_function(source: str) -> str:
     """Name of the function in ``source`` that becomes the task.
 
@@ -82,7 +95,7 @@ def find_task_function(source: str) -> str:
     cell defines itself (``def deco`` + ``@deco def work``: ``work``).
     """
     try:
-        tree = ast.parse(source)
+        tree = _parse(source)
     except SyntaxError as exc:
         raise CellTaskError(f"The cell has a syntax error on line {exc.lineno}: {exc.msg}.") from None
     defs = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
