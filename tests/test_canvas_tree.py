@@ -214,7 +214,9 @@ def test_round_trips_per_refresh_are_bounded_whatever_the_size(tasks, members):
         display.refresh(background=False)
     sent = commands_sent(before, command_calls(url))
     reads = sum(n for name, n in sent.items() if name in ("mget", "get", "hget", "hmget", "exists"))
-    assert reads <= 1, sent  # at most one reconcile slice, whatever the size
+    # The monitor's timed reconcile: one slice in the ten refreshes, two when a busy machine makes
+    # them last longer; never one per refresh or per member (10,000 would read thousands).
+    assert reads <= 2, sent
     assert display.model.rows()[0][0].percent > 0
     rows, more = display.model.rows()
     assert len(rows) <= MAX_ROWS
