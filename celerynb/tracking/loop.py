@@ -191,8 +191,9 @@ class MonitorLoop:
     def _read(self, source: BackendSource, task_ids: list[str]) -> None:
         for start in range(0, len(task_ids), BATCH):
             chunk = task_ids[start:start + BATCH]
-            self.stats["mget_keys"] += len(chunk)
-            for tid, payload in zip(chunk, source.read(chunk), strict=True):
+            payloads = source.read(chunk)
+            self.stats["mget_keys"] += len(chunk)  # counted once read: "read" means the reply is in
+            for tid, payload in zip(chunk, payloads, strict=True):
                 if payload is None or payload == self._payloads.get(tid):
                     continue  # absent, or unchanged since the last read: nothing to decode
                 self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
