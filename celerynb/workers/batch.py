@@ -243,36 +243,41 @@ class BatchRunner:
             _compat.pop_current_task()
             task.request_stack.pop()
 
-    @staticmethod
-    def _body(task: Task) -> Any:
+    def _body(self, task: Task) -> Any:
         """What runs an item, as Celery's tracer picks it: ``run`` unless ``__call__`` is custom.
 
-        ``NotebookTask.__call__`` is Celery's (which pushes the request and task again: done here
-        already) inside ``started_later`` and ``capturing``: only those are kept, their checks
-        made once where they can be (each item still gets its own captured logs).
+        ``NotebookTask.__call__`` and a cell's ``VersionCheckedTask.__call__`` are Celery's (which
+        pushes the request and task again: done here already) inside ``started_later`` and
+        ``capturing``: only those are kept, their checks made once per batch where they can be
+        (the cell version is the batch message's; each item still gets its own captured logs).
         """
+        from celerynb.workers import cells
         from celerynb.workers.base import NotebookTask
 
         call = type(task).__call__
         if call is Task.__call__:
             return task.run
-        if call is NotebookTask.__call__:
-            body = task.run
-            reports = started.reports_started(task)  # what started_later asks per call, once per batch
-            reporter = started.reporter
+        if call is cells.VersionCheckedTask.__call__:
+            version = cells.message_version(self.batch.request)
+            if version is not None and version != task._celerynb_record["version"]:
+                return task  # another version of the cell: its own __call__ loads and runs it
+        elif call is not NotebookTask.__call__:
+            return task
+        body = task.run
+        reports = started.reports_started(task)  # what started_later asks per call, once per batch
+        reporter = started.reporter
 
-            def run(*args: Any, **kwargs: Any) -> Any:
-                request = task.request
-                with capture.capturing(task, request):  # each item's output is its own logs
-                    if not reports:
-                        return body(*args, **kwargs)
-                    reporter.schedule(task, request)
-                    try:
-                        return body(*args, **kwargs)
-                    finally:
-                        reporter.cancel(request.id)
-            return run
-        return task
+        def run(*args: Any, **kwargs: Any) -> Any:
+            request = task.request
+            with capture.capturing(task, request):  # each item's output is its own logs
+                if not reports:
+                    return body(*args, **kwargs)
+                reporter.schedule(task, request)
+                try:
+                    return body(*args, **kwargs)
+                finally:
+                    reporter.cancel(request.id)
+        return run
 
     def _on_failure(self, task: Task, context: Context, exc: Exception) -> None:
         from billiard.einfo import ExceptionInfo
