@@ -27,6 +27,7 @@ from celerynb.display._base import cancel_tasks
 from celerynb.tracking.monitor import get_monitor
 from celerynb.workers import batch as batch_task
 from celerynb.workers.base import ArgumentNotSerializable
+from celerynb.workers.batch_results import GATHER_MAX, ResultBuffer, gathered_channel
 
 _TASKS = textwrap.dedent(
     """
@@ -193,7 +194,8 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
 
     client = cluster.app.backend.client
     listener = client.pubsub(ignore_subscribe_messages=True)
-    listener.psubscribe("celery-task-meta-*")  # what the monitor relies on: a PUBLISH per result
+    listener.psubscribe("celery-task-meta-*")  # a PUBLISH per result on its own channel...
+    listener.subscribe(gathered_channel(cluster.app.backend))  # ...or in a batch's gathered message
     try:
         monitor = get_monitor(cluster.app)
         scripted = celerynb.map(tasks.check, range(9), batch=9)
@@ -201,17 +203,21 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
         monkeypatch.setattr(result_store, "_scripts_refused", True)
         piped = celerynb.map(tasks.check, range(9), batch=9)
         snaps = monitor.wait([r.id for r in scripted.results + piped.results], timeout=30)
-        wanted, published = {r.id for r in scripted.results + piped.results}, set()
+        wanted, own, gathered = {r.id for r in scripted.results + piped.results}, set(), set()
 
         def all_published() -> bool:
             message = listener.get_message(timeout=0.05)
-            if message is not None:
-                published.add(message["channel"].decode().removeprefix("celery-task-meta-"))
-            return wanted <= published
+            if message is not None and message["type"] == "pmessage":
+                own.add(message["channel"].decode().removeprefix("celery-task-meta-"))
+            elif message is not None:
+                gathered.update(doc["task_id"] for doc in json.loads(message["data"]))
+            return wanted <= own | gathered
 
         wait_for(all_published, timeout=5, interval=0, message="a PUBLISH for every stored result")
     finally:
         listener.close()
+    # The script gathers (the monitor listens on the private server); the pipeline cannot.
+    assert gathered == {r.id for r in scripted.results} and own == {r.id for r in piped.results}
 
     def stored(result):
         doc = json.loads(client.get(cluster.app.backend.get_key_for_task(result.id)))
@@ -221,6 +227,60 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
 
     assert [stored(r) for r in scripted.results] == [stored(r) for r in piped.results]
     assert [snaps[r.id].state for r in piped.results] == ["FAILURE", "FAILURE", "SUCCESS"] * 3
+
+
+def test_gathered_results_still_reach_their_own_subscribers_and_large_ones_go_alone(cluster):
+    """With a listener on the gathered channel, a group's small documents travel there together;
+    a key with a subscriber of its own (a Celery ``.get()``) and a document over ``GATHER_MAX``
+    still get their own PUBLISH; with no gathered listener every key gets its own again."""
+    from celery import states
+    from celery.app.task import Context
+
+    backend, client = cluster.app.backend, cluster.app.backend.client
+    prefix = f"gather-{os.getpid()}-{threading.get_ident()}-"
+    ids = [prefix + name for name in ("watched", "plain", "large")]
+    gathering = client.pubsub(ignore_subscribe_messages=True)
+    gathering.subscribe(gathered_channel(backend))
+    own = client.pubsub(ignore_subscribe_messages=True)
+    own.subscribe(backend.get_key_for_task(ids[0]))  # as Celery's .get() subscribes
+    every = client.pubsub(ignore_subscribe_messages=True)
+    every.psubscribe(backend.get_key_for_task(prefix).decode() + "*")
+
+    def store(round_: int) -> None:
+        buffer = ResultBuffer(cluster.app, backend)
+        for tid in ids:
+            value = "x" * (GATHER_MAX + 1) if tid.endswith("large") else round_
+            buffer.add(Context({"id": tid, "task": "t", "args": [], "kwargs": {}}), states.SUCCESS, value, None)
+        buffer.flush()
+
+    def heard(listener, count: int) -> list:
+        messages: list = []
+
+        def enough() -> bool:
+            message = listener.get_message(timeout=0.05)
+            if message is not None:
+                messages.append(message)
+            return len(messages) >= count
+
+        wait_for(enough, timeout=5, interval=0, message=f"{count} message(s)")
+        return messages
+
+    try:
+        wait_for(lambda: client.pubsub_numsub(gathered_channel(backend))[0][1] >= 1, timeout=5)
+        store(1)
+        [together] = heard(gathering, 1)
+        assert [(d["task_id"], d["result"]) for d in json.loads(together["data"])] == [(ids[0], 1), (ids[1], 1)]
+        assert [json.loads(m["data"])["result"] for m in heard(own, 1)] == [1]
+        alone = {m["channel"].decode().rsplit("-", 1)[-1] for m in heard(every, 2)}
+        assert alone == {"watched", "large"}  # the plain one was heard only in the gathered message
+        gathering.unsubscribe()
+        wait_for(lambda: client.pubsub_numsub(gathered_channel(backend))[0][1] == 0, timeout=5)
+        store(2)
+        assert {m["channel"].decode().rsplit("-", 1)[-1] for m in heard(every, 3)} == {"watched", "plain", "large"}
+    finally:
+        for listener in (gathering, own, every):
+            listener.close()
+        client.delete(*[backend.get_key_for_task(tid) for tid in ids])
 
 
 def test_cancel_stops_the_rest_of_a_batch_in_kernel(cluster, tasks, tmp_path):
@@ -305,6 +365,30 @@ def test_unserializable_item_names_its_index_and_sends_nothing_of_its_chunk(app,
                  message="the sent items seen finished by the monitor")
     finally:
         cluster.stop()
+
+
+def test_a_failed_chunk_is_not_left_tracked(app, tasks):
+    cluster = celerynb.LocalCluster(workers=0).start()
+    try:
+        with pytest.raises(ArgumentNotSerializable, match="item #3"):
+            celerynb.map(tasks.inc, [1, 2, 3, object(), 5], batch=2, chunk=4)  # one chunk: none of it sent
+        assert _queued(app) == []
+        assert get_monitor(app).unfinished == 0  # its first batch was tracked before the failure: untracked
+    finally:
+        cluster.stop()
+
+
+def test_states_stored_while_a_map_is_sent_are_heard_not_read(cluster, tasks):
+    """Each batch is tracked before it leaves: the monitor does not read, once the map returns, the
+    results stored meanwhile (the probe batch, sent before its size is known, is read)."""
+    from celerynb.tracking.backend_source import BATCH
+
+    monitor = get_monitor(cluster.app)
+    celerynb.map(tasks.inc, range(40)).get(timeout=30)  # the monitor is connected and subscribed
+    before = dict(monitor.stats)
+    assert celerynb.map(tasks.inc, range(2000)).get(timeout=60) == [i + 1 for i in range(2000)]
+    reads, sweeps = (monitor.stats[k] - before[k] for k in ("mget_keys", "reconciles"))
+    assert reads <= batched.PROBE + BATCH * sweeps, (reads, sweeps)
 
 
 def test_batch_message_of_a_cell_task_names_its_version(app, tmp_path, monkeypatch):

@@ -116,6 +116,18 @@ class BatchSender:
         self.cancels = batch_task.cancel_count(app)  # a batch reads the cancel markers only if it moves
         self.declared = False
 
+    def monitor(self) -> Any:
+        """The monitor that will follow these items (None: their results are not kept)."""
+        from celerynb.tracking.monitor import BackendNotObservable, check_observable, get_monitor
+
+        if self.ignored or not self.app.conf.result_backend:
+            return None
+        try:
+            check_observable(self.app)
+        except BackendNotObservable:  # said once the map is sent, as for any map
+            return None
+        return get_monitor(self.app)
+
     def pairs(self, chunk: list[tuple[int, Any]]) -> list[list[Any]]:
         """``[[item_id, args], ...]`` of a batch; an item that does not fit the task is named here."""
         check, shared, out = self.check, self.shared, []
@@ -261,20 +273,37 @@ def _wait_report(app: Celery, batch_id: str, timeout: float) -> float | None:
 
 
 def _send_batches(sender: BatchSender, items: Items, size: int, chunk: int, results: list[AsyncResult]) -> None:
-    """Batches of ``size`` items; ``chunk`` items per broker round trip (a bad item: its chunk is not sent)."""
+    """Batches of ``size`` items; ``chunk`` items per broker round trip (a bad item: its chunk is not sent).
+
+    Each batch's items are tracked before it can leave (``track(unsent=True)``): the monitor then
+    hears every state they store instead of reading, once the map returns, those stored already."""
     import sys
 
     producer = sender.producer
     batched = _compat.supports_batch_publish(producer)
+    monitor = sender.monitor()
     pending: list[AsyncResult] = []
-    with producer.batch(max_size=sys.maxsize) if batched else nullcontext() as pipe:
-        while True:
-            part = list(islice(items, size))
-            if not part:
-                break
-            pairs = sender.pairs(part)
-            sender.publish(part, pairs)
-            pending.extend(sender.results(pairs))
-            if len(pending) >= chunk:
-                flush_sent(sender.app, pipe, pending, results)
-        flush_sent(sender.app, pipe, pending, results)
+    tracked: list[str] = []  # tracked, not known to be sent
+    try:
+        with producer.batch(max_size=sys.maxsize) if batched else nullcontext() as pipe:
+            while True:
+                part = list(islice(items, size))
+                if not part:
+                    break
+                pairs = sender.pairs(part)
+                if monitor is not None:
+                    ids = [item_id for item_id, _ in pairs]
+                    monitor.track(ids, unsent=True)
+                    tracked += ids
+                sender.publish(part, pairs)
+                pending.extend(sender.results(pairs))
+                if not batched:
+                    tracked.clear()  # published already
+                if len(pending) >= chunk:
+                    flush_sent(sender.app, pipe, pending, results)
+                    tracked.clear()
+            flush_sent(sender.app, pipe, pending, results)
+            tracked.clear()
+    finally:
+        if tracked:  # the chunk that failed was not sent (a bad item, or the broker lost)
+            monitor.untrack(tracked)

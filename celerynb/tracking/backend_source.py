@@ -11,8 +11,13 @@ from typing import Any
 
 from celery import Celery, states
 
+from celerynb.workers.batch_results import gathered_channel
+
 #: Ids per SUBSCRIBE / MGET command.
 BATCH = 1000
+#: What :meth:`BackendSource.get_message` names a gathered message with (a JSON array of
+#: documents stored by a batch: :mod:`celerynb.workers.batch_results`) instead of a task id.
+GATHERED = "*gathered*"
 
 
 class BackendSource:
@@ -26,6 +31,7 @@ class BackendSource:
         self.backend = app.backend  # a thread-local instance, owned by the monitor thread
         self.redis: Any = None
         self.pubsub: Any = None
+        self.confirmed = 0  # subscriptions the server confirmed
 
     @classmethod
     def open(cls, app: Celery) -> BackendSource:
@@ -52,6 +58,7 @@ class BackendSource:
         self.redis.ping()
         self.pubsub = self.redis.pubsub()  # confirmations are read and skipped by the caller
         self.prefix = self.backend.get_key_for_task("x")[:-1]
+        self.gathered = gathered_channel(self.backend)
         self.mode = "redis"
 
     def key(self, task_id: str) -> bytes:
@@ -88,24 +95,32 @@ class BackendSource:
             self.pubsub.unsubscribe(*[self.key(t) for t in task_ids[start:start + BATCH]])
 
     def subscribe_all(self) -> None:
-        """One pattern subscription for every task's channel (a server private to this session)."""
+        """One pattern subscription for every task's channel (a server private to this session),
+        and the batches' gathered channel: their items are then PUBLISHed there, together."""
         pattern = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in self.prefix)
         self.pubsub.psubscribe(pattern + b"*")
+        self.pubsub.subscribe(self.gathered)
 
     def get_message(self, timeout: float) -> tuple[str, bytes | None] | None:
-        """``(task id, payload)`` of a pushed state; ``("", None)`` for anything else read (a
-        subscription confirmation); None when nothing came within ``timeout``."""
+        """``(task id, payload)`` of a pushed state, ``(GATHERED, payload)`` of a batch's gathered
+        states; ``("", None)`` for anything else read (a subscription confirmation); None when
+        nothing came within ``timeout``."""
         if not self.pubsub.subscribed:
             time.sleep(timeout)
             return None
         message = self.pubsub.get_message(timeout=timeout)
         if message is None:
             return None
-        if message.get("type") not in ("message", "pmessage"):
+        kind = message.get("type")
+        if kind not in ("message", "pmessage"):
+            if kind in ("subscribe", "psubscribe"):
+                self.confirmed += 1
             return "", None
         channel = message["channel"]
         if isinstance(channel, str):
             channel = channel.encode()
+        if channel == self.gathered:
+            return GATHERED, message["data"]
         return channel[len(self.prefix):].decode(), message["data"]
 
     def read(self, task_ids: list[str]) -> list[Any]:

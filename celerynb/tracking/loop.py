@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from celery import Celery
 
-from celerynb.tracking.backend_source import BATCH, BackendSource
+from celerynb.tracking.backend_source import BATCH, GATHERED, BackendSource
 from celerynb.tracking.snapshot import TaskSnapshot
 
 logger = logging.getLogger("celerynb.monitor")
@@ -81,6 +82,7 @@ class MonitorLoop:
             finally:
                 source.close()
                 with self._lock:
+                    self._live = False
                     self._to_subscribe |= self._unfinished
                     self._to_unsubscribe.clear()
                     self._subscribed.clear()
@@ -183,10 +185,29 @@ class MonitorLoop:
                 return
             timeout = 0.0
             tid, payload = message
+            if not tid and self._pattern and not self._live and source.confirmed >= 2:
+                with self._lock:
+                    self._live = True  # both subscriptions of subscribe_all are in place
+                continue
+            if tid == GATHERED:
+                self._apply_gathered(source.decode(payload))
+                continue
             if payload is None or tid not in self._snapshots:
                 continue  # a confirmation, or a task nobody here follows (pattern subscription)
             self.stats["messages"] += 1
             self._apply(TaskSnapshot.from_meta(tid, source.decode(payload)), payload)
+
+    def _apply_gathered(self, documents: Any) -> None:
+        """The end states a batch stored together (one JSON array): those followed here.
+
+        Each is under ``batch_results.GATHER_MAX`` bytes, never "big" for retention: its stored
+        size is not needed (given as 0)."""
+        snapshots = self._snapshots
+        self.stats["messages"] += 1
+        for doc in documents if isinstance(documents, list) else ():
+            tid = doc.get("task_id") if isinstance(doc, dict) else None
+            if tid in snapshots:
+                self._apply(TaskSnapshot.from_meta(tid, doc), None)
 
     def _read(self, source: BackendSource, task_ids: list[str]) -> None:
         for start in range(0, len(task_ids), BATCH):

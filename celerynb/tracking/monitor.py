@@ -89,6 +89,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         self._sizes: dict[str, int] = {}  # stored size of finished tasks still pinned
         self._waiting: Counter[str] = Counter()  # ids some wait() needs kept
         self._pattern = False  # one pattern subscription covers every task (private server)
+        self._live = False  # ...and the server confirmed it: whatever is stored from now on is heard
         self._sweep_start = 0
         self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0, "forgotten": 0, "listens": 0}
 
@@ -96,8 +97,13 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         return f"<TaskMonitor app={self.app.main!r} tracked={len(self._snapshots)} unfinished={len(self._unfinished)}>"
 
     # -- public API ------------------------------------------------------------------------
-    def track(self, task_ids: Iterable[str]) -> None:
+    def track(self, task_ids: Iterable[str], unsent: bool = False) -> None:
         """Start following ``task_ids`` (subscribe first, then read the keys once); cheap and idempotent.
+
+        ``unsent``: the tasks are not sent yet (``celerynb.map`` tracks a batch before publishing
+        it). While the pattern subscription of a private server is confirmed, every state they
+        store is then pushed here: their keys are not read (on a map of small calls, reading
+        and decoding the states stored before a late ``track`` was the monitor's main cost).
 
         Raises :class:`BackendNotObservable` when the app's result backend cannot be read from here.
         """
@@ -105,6 +111,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         fresh = []
         origin = self.app.conf.result_backend
         with self._lock:
+            heard = unsent and self._live
             for tid in task_ids:
                 tid = str(tid)
                 if tid in self._snapshots:
@@ -112,13 +119,27 @@ class TaskMonitor(MonitorLoop, FaultReactions):
                 self._snapshots[tid] = TaskSnapshot(task_id=tid, received_at=time.monotonic())
                 self._origin[tid] = origin
                 self._unfinished.add(tid)
-                self._to_subscribe.add(tid)
+                if not heard:
+                    self._to_subscribe.add(tid)
                 fresh.append(tid)
         if fresh:
             if self._url is not None and self.app.conf.result_backend != self._url:
                 self._moved = True  # the app was pointed at another server: reconnect now
             self._ensure_thread()
-            self._wake.set()
+            if not heard:
+                self._wake.set()
+
+    def untrack(self, task_ids: Iterable[str]) -> None:
+        """Stop following tasks that were tracked ``unsent`` and then never sent (a failed publish)."""
+        with self._lock:
+            for tid in task_ids:
+                snap = self._snapshots.get(tid)
+                if snap is None or snap.state != states.PENDING or self._pinned(tid):
+                    continue
+                del self._snapshots[tid]
+                for known in (self._unfinished, self._to_subscribe):
+                    known.discard(tid)
+                self._origin.pop(tid, None)
 
     def read_now(self, task_ids: Iterable[str], limit: int = READ_NOW_MAX) -> None:
         """Read the stored states of tracked ``task_ids`` still PENDING here, from the calling
