@@ -12,8 +12,6 @@ The write is cancelled before the task's own end state is stored (and before its
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import threading
@@ -30,20 +28,31 @@ logger = logging.getLogger("celerynb.worker")
 STARTED_AFTER = 0.05
 
 
+class _Slot:
+    """The tasks one thread runs whose STARTED is due (usually one), under that thread's own lock."""
+
+    __slots__ = ("due", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.due: dict[str, tuple[float, Task, Any]] = {}  # task id -> (deadline, task, request)
+
+
 class StartedReporter:
     """Writes the STARTED state of tasks that run longer than ``after`` seconds (one thread).
 
-    While tasks come, the thread wakes every ``after`` s at most, not once per task; after
-    ``IDLE_AFTER`` s without one it sleeps until the next is scheduled."""
+    Each pool thread schedules and cancels under its own lock (once per item of a batch: a lock
+    shared by the pool threads made them queue behind each other); the reporter's thread takes
+    each lock to look and to write, so a cancel waits for a write in progress. While tasks come,
+    the thread wakes every ``after`` s at most, not once per task; after ``IDLE_AFTER`` s without
+    one it sleeps until the next is scheduled."""
 
     IDLE_AFTER = 2.0
 
     def __init__(self, after: float = STARTED_AFTER) -> None:
         self.after = after
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, tuple[Task, Any]] = {}
-        self._seq = itertools.count()
+        self._cond = threading.Condition()  # the reporter thread's sleep
+        self._slots: dict[int, _Slot] = {}  # by thread ident
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._dozing = False
@@ -51,51 +60,69 @@ class StartedReporter:
         self.written = 0
 
     def schedule(self, task: Task, request: Any) -> None:
-        task_id = request.id
-        with self._cond:
+        if self._thread is None or self._pid != os.getpid():
             self._ensure_thread()
-            self._due[task_id] = (task, request)
-            self._last_scheduled = now = time.monotonic()
-            heapq.heappush(self._heap, (now + self.after, next(self._seq), task_id))
-            if self._dozing:  # otherwise its timed wait ends before this deadline: no wake-up per task
+        ident = threading.get_ident()
+        slot = self._slots.get(ident)
+        if slot is None:
+            slot = self._slots.setdefault(ident, _Slot())
+        self._last_scheduled = now = time.monotonic()
+        with slot.lock:
+            slot.due[request.id] = (now + self.after, task, request)
+        if self._dozing:  # otherwise it looks again within ``after``: no wake-up per task
+            with self._cond:
                 self._cond.notify()
 
     def cancel(self, task_id: str) -> None:
         """The task ends or reports its own state: no STARTED after this returns."""
-        with self._cond:  # waits for a write in progress
-            self._due.pop(task_id, None)
+        own = self._slots.get(threading.get_ident())
+        if own is not None:
+            with own.lock:  # waits for a write in progress
+                if own.due.pop(task_id, None) is not None:
+                    return
+        for slot in list(self._slots.values()):  # another thread's task (``update_state(task_id=...)``)
+            if slot is not own:
+                with slot.lock:
+                    slot.due.pop(task_id, None)
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # a forked pool child: the parent's thread is not here
+        if self._pid != os.getpid():  # a forked pool child: the parent's thread (and its locks) are not here
             self._pid, self._thread = os.getpid(), None
-            self._due.clear()
-            self._heap.clear()
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="celerynb-started", daemon=True)
-            self._thread.start()
+            self._cond, self._slots = threading.Condition(), {}
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="celerynb-started", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
         with self._cond:
             while True:
-                while self._heap and self._heap[0][2] not in self._due:  # ended before its STARTED
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    if time.monotonic() - self._last_scheduled < self.IDLE_AFTER:
-                        self._cond.wait(self.after)  # ends before the deadline of anything scheduled meanwhile
-                    else:
-                        self._dozing = True
+                soonest = self._write_due()
+                if soonest is not None:
+                    self._cond.wait(min(self.after, max(0.0, soonest - time.monotonic())))
+                elif time.monotonic() - self._last_scheduled < self.IDLE_AFTER:
+                    self._cond.wait(self.after)  # anything scheduled meanwhile is due later than that
+                else:
+                    self._dozing = True
+                    if not any(slot.due for slot in list(self._slots.values())):  # scheduled just now?
                         self._cond.wait()
-                        self._dozing = False
-                    continue
-                deadline, _, task_id = self._heap[0]
-                delay = deadline - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                heapq.heappop(self._heap)
-                entry = self._due.pop(task_id, None)
-                if entry is not None:
-                    self._write(*entry)  # under the lock: cancel() waits for it
+                    self._dozing = False
+
+    def _write_due(self) -> float | None:
+        """Write what is due (each under its thread's lock); the soonest deadline still ahead."""
+        soonest = None
+        for slot in list(self._slots.values()):
+            if not slot.due:
+                continue
+            with slot.lock:
+                now = time.monotonic()
+                for task_id, (deadline, task, request) in list(slot.due.items()):
+                    if deadline <= now:
+                        del slot.due[task_id]
+                        self._write(task, request)  # under the lock: cancel() waits for it
+                    elif soonest is None or deadline < soonest:
+                        soonest = deadline
+        return soonest
 
     def _write(self, task: Task, request: Any) -> None:
         try:
