@@ -181,6 +181,45 @@ def test_each_item_fails_on_its_own_with_its_exception_type(cluster, tasks):
     assert "12/12 done · SUCCESS 4 · FAILURE 8" in display.text()
 
 
+def test_each_item_sends_prerun_postrun_and_success_and_a_raising_receiver_stops_nothing(cluster, tasks):
+    import logging
+
+    heard: dict[str, list[str]] = {"prerun": [], "postrun": [], "success": [], "failure": []}
+    lock = threading.Lock()
+    logged: list[str] = []
+    log_handler = logging.Handler()
+    log_handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("celery.utils.dispatch.signal").addHandler(log_handler)  # where Signal.send logs it
+
+    def receiver(kind):
+        def on(sender=None, task_id=None, **_):
+            with lock:
+                heard[kind].append(task_id or sender.request.id)
+        return on
+
+    def broken(**_):
+        raise RuntimeError("a broken receiver")
+
+    handlers = {signals.task_prerun: receiver("prerun"), signals.task_postrun: receiver("postrun"),
+                signals.task_success: receiver("success"), signals.task_failure: receiver("failure")}
+    signals.task_prerun.connect(broken, sender=tasks.check, weak=False)  # connected first: called first
+    for sent, on in handlers.items():
+        sent.connect(on, sender=tasks.check, weak=False)
+    try:
+        group = celerynb.map(tasks.check, range(12), batch=6)
+        get_monitor(cluster.app).wait([r.id for r in group.results], timeout=30)
+    finally:
+        logging.getLogger("celery.utils.dispatch.signal").removeHandler(log_handler)
+        signals.task_prerun.disconnect(broken, sender=tasks.check)
+        for sent, on in handlers.items():
+            sent.disconnect(on, sender=tasks.check)
+    ids = [r.id for r in group.results]
+    assert sorted(heard["prerun"]) == sorted(heard["postrun"]) == sorted(ids)
+    assert sorted(heard["success"]) == sorted(ids[2::3])  # check(x) succeeds for x % 3 == 2
+    assert sorted(heard["failure"]) == sorted(set(ids) - set(ids[2::3]))
+    assert sum("a broken receiver" in text for text in logged) == 12
+
+
 def test_progress_counts_items_not_messages(cluster, tasks, received):
     group = celerynb.map(tasks.inc, range(40), batch=10)
     display = celerynb.progress(group, widget=False)

@@ -143,6 +143,10 @@ class BatchRunner:
         if self.task is not None:
             self.backend = self.task.backend
             self.fun = self._body(self.task)
+            task = self.task
+            self.prerun, self.postrun, self.success = (
+                _signal_sender(signal, task) for signal in (signals.task_prerun, signals.task_postrun,
+                                                            signals.task_success))
         self.fast = _redis_backend(self.backend)
         self.store = self.task is None or not self.task.ignore_result
         self.proto = self._item_context_fields()
@@ -222,7 +226,7 @@ class BatchRunner:
         task.request_stack.push(context)
         _compat.push_current_task(task)
         try:
-            signals.task_prerun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
+            self.prerun(task_id=item_id, task=task, args=args, kwargs=kwargs)
             # As NotebookTask.__call__ does: the item's stored states say when and where it ran.
             context.celerynb_started = (time.time(), time.perf_counter(), self.slot)
             try:
@@ -237,9 +241,9 @@ class BatchRunner:
                 return
             self._record(context, states.SUCCESS, value, None)
             task.on_success(value, item_id, args, kwargs)
-            signals.task_success.send(sender=task, result=value)
+            self.success(result=value)
         finally:
-            signals.task_postrun.send(sender=task, task_id=item_id, task=task, args=args, kwargs=kwargs)
+            self.postrun(task_id=item_id, task=task, args=args, kwargs=kwargs)
             _compat.pop_current_task()
             task.request_stack.pop()
 
@@ -350,6 +354,25 @@ class BatchRunner:
                 values = client.mget([cancel_key(i) for i in rest])
                 self.cancelled.update(i for i, raw in zip(rest, values, strict=True) if raw is not None)
         self.last_check = time.perf_counter()
+
+
+_signal_logger = logging.getLogger("celery.utils.dispatch.signal")
+
+
+def _signal_sender(signal: Any, task: Task) -> Any:
+    """``signal.send(sender=task, ...)`` for every item of a batch, to the receivers connected
+    when the batch starts, as ``Signal.send`` calls them (one that raises is logged, the others
+    still run). ``Signal.send`` looks its receivers up under the signal's one lock on every
+    call: three sends per item made the pool threads queue behind each other on it."""
+    receivers = _compat.live_receivers(signal, task) or []
+
+    def send(**named: Any) -> None:
+        for receiver in receivers:
+            try:
+                receiver(signal=signal, sender=task, **named)
+            except Exception as exc:  # noqa: BLE001 - as Signal.send: logged, the others still called
+                _signal_logger.exception("Signal handler %r raised: %r", receiver, exc)
+    return send
 
 
 def _traceback_text(exc: BaseException) -> str:
