@@ -425,21 +425,23 @@ def test_result_meta_is_the_document_the_backend_stores(plain_app):
     backend.client.delete(backend.get_key_for_task(tid))
 
 
-def test_push_current_task_is_what_current_task_answers(plain_app):
+def test_item_requests_make_each_item_the_request_and_the_task_current(plain_app):
     from celery import current_task
+    from celery.app.task import Context
 
-    @plain_app.task(name="compat.current")
-    def current():
-        return None
+    @plain_app.task(name="compat.current", bind=True)
+    def current(self):
+        return self.request.id, current_task._get_current_object()
 
     task = plain_app.tasks["compat.current"]
-    before = current_task._get_current_object()
-    _compat.push_current_task(task)
-    try:
-        assert current_task._get_current_object() is task
-    finally:
-        _compat.pop_current_task()
-    assert current_task._get_current_object() is before
+    before, outer = current_task._get_current_object(), task.request
+    seen = []
+    with _compat.item_requests(task, Context(id="batch")) as set_request:
+        for item in ("a", "b", "c"):
+            set_request(Context(id=item))
+            seen.append(task.run())
+    assert seen == [("a", task), ("b", task), ("c", task)]
+    assert current_task._get_current_object() is before and task.request.id == outer.id  # both popped
 
 
 def test_route_redis_result_stores_sees_every_state_and_falls_back_to_celerys(plain_app):

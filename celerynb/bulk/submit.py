@@ -58,6 +58,8 @@ def map(  # noqa: A001 - the name users know from dask's client.map and the buil
     Inside a batch an item is shown STARTED only once it has run 50 ms (celerynb's rule for every
     task; Celery's ``track_started=True`` is not honoured per item), and per-item publish
     signals, rate limits and time limits do not apply (the batch message has the app's limits).
+    Each item sends ``task_prerun``, ``task_postrun`` and ``task_success`` to the receivers that
+    were connected when its batch started, and ``task_failure`` as Celery does.
 
     ``batch="auto"`` (the default) batches only quick calls. Below 32 items it sends one message
     per item. Otherwise it sends the first 4 items as one batch, whose worker reports the

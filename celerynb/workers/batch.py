@@ -161,6 +161,12 @@ class BatchRunner:
             flusher.discard(self.results)
 
     def _run_items(self, done: set[str]) -> dict[str, Any]:
+        if self.task is None:
+            return self._run_each(done)
+        with _compat.item_requests(self.task, self.batch.request) as self.set_request:
+            return self._run_each(done)
+
+    def _run_each(self, done: set[str]) -> dict[str, Any]:
         started = time.perf_counter()
         ran: list[float] = []
         skipped = 0
@@ -223,8 +229,7 @@ class BatchRunner:
 
     def _run_one(self, task: Task, context: Context) -> None:
         item_id, args, kwargs, fun = context.id, tuple(context.args), self.kwargs, self.fun
-        task.request_stack.push(context)
-        _compat.push_current_task(task)
+        self.set_request(context)  # task.request is the item's (celery.current_task is the task)
         try:
             self.prerun(task_id=item_id, task=task, args=args, kwargs=kwargs)
             # As NotebookTask.__call__ does: the item's stored states say when and where it ran.
@@ -244,8 +249,6 @@ class BatchRunner:
             self.success(result=value)
         finally:
             self.postrun(task_id=item_id, task=task, args=args, kwargs=kwargs)
-            _compat.pop_current_task()
-            task.request_stack.pop()
 
     def _body(self, task: Task) -> Any:
         """What runs an item, as Celery's tracer picks it: ``run`` unless ``__call__`` is custom.

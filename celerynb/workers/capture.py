@@ -277,17 +277,20 @@ class _Flusher:
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
 
     def ensure(self) -> None:
-        thread = self.thread
-        if thread is not None and thread.is_alive() and self.pid == os.getpid():
+        """Called per task: the thread clears ``self.thread`` as it ends, a fork clears it in the
+        child, so one attribute read says it runs (no ``is_alive()`` nor ``getpid()`` per task)."""
+        if self.thread is not None:
             return
         with self.lock:
-            if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
-                self.pid = os.getpid()
+            if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="celerynb-log-flusher", daemon=True)
                 self.thread.start()
+
+    def _forked(self) -> None:
+        self.thread, self.lock = None, threading.Lock()  # the parent's thread is not in the child
 
     def _run(self) -> None:
         idle = 0

@@ -54,13 +54,17 @@ class StartedReporter:
         self._cond = threading.Condition()  # the reporter thread's sleep
         self._slots: dict[int, _Slot] = {}  # by thread ident
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._dozing = False
         self._last_scheduled = 0.0
         self.written = 0
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A forked pool child: the parent's thread (and its locks) are not here."""
+        self._thread, self._cond, self._slots, self._dozing = None, threading.Condition(), {}, False
 
     def schedule(self, task: Task, request: Any) -> None:
-        if self._thread is None or self._pid != os.getpid():
+        if self._thread is None:
             self._ensure_thread()
         ident = threading.get_ident()
         slot = self._slots.get(ident)
@@ -86,9 +90,6 @@ class StartedReporter:
                     slot.due.pop(task_id, None)
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # a forked pool child: the parent's thread (and its locks) are not here
-            self._pid, self._thread = os.getpid(), None
-            self._cond, self._slots = threading.Condition(), {}
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="celerynb-started", daemon=True)
