@@ -46,13 +46,9 @@ _clock: dict[int, tuple[float, str]] = {}
 def gathered_channel(backend: Any) -> bytes:
     """The channel a batch's stored documents are PUBLISHed on together (see the module).
 
-    Named after the backend's key prefix (a ``global_keyprefix`` included) but not starting with
-    it: a pattern subscription to the result keys' channels does not hear it."""
-    return b"celerynb-gathered:" + _as_bytes(backend.get_key_for_task("x")[:-1])
-
-
-def _as_bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+    Named after the backend's key prefix (bytes, a ``global_keyprefix`` included) but not
+    starting with it: a pattern subscription to the result keys' channels does not hear it."""
+    return b"celerynb-gathered:" + backend.get_key_for_task("x")[:-1]
 
 
 class ResultBuffer:
