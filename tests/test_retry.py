@@ -66,11 +66,11 @@ def test_group_with_three_failures_retried_in_place(cluster, flaky_task, key):
     assert "attempt" not in disp.text()
 
     cluster.app.backend.client.set(key, "1")
+    ended_before = disp.ended  # the first finish: the retries may all end before click() returns
     disp.retry_button.click()  # what the button runs: retry_failed(display)
     old_ids = [r.id for r in first.results]
     assert [a == b for a, b in zip(disp.ids, old_ids, strict=True)] == [True, False, True, False, False, True]
     assert table.ids == disp.ids  # the table showing the same tasks switched its rows too
-    ended_before = disp.ended
     # Back to life: the monitor's listener (re-armed by the retry) finishes it again, no wait() needed.
     wait_for(lambda: disp.finished and disp.ended != ended_before, timeout=30, message="display finished again")
     values = disp.wait(timeout=30)
