@@ -268,6 +268,39 @@ def test_results_are_the_same_through_a_pipeline_where_scripts_are_refused(clust
     assert [snaps[r.id].state for r in piped.results] == ["FAILURE", "FAILURE", "SUCCESS"] * 3
 
 
+def test_result_documents_are_the_text_the_backend_encodes(cluster):
+    """A batch's documents are exactly what Celery's ``backend.encode`` makes of them (kombu's
+    JSON with its own types and ASCII escapes), and a backend with another serializer gets its own."""
+    import datetime
+    import decimal
+    import uuid
+
+    from celery import Celery, states
+    from celery.app.task import Context
+
+    values = [1, "naïve ☃ \"quoted\"", datetime.datetime(2026, 12, 7, 23, 0, tzinfo=datetime.UTC),
+              b"\xff\x00", uuid.UUID(int=5), decimal.Decimal("1.5"), {"a": [1, None, 2.5]}]
+
+    def documents(app, values):
+        buffer = ResultBuffer(app, app.backend)
+        for i, value in enumerate(values):
+            buffer.add(Context({"id": f"doc-{i}", "task": "t", "args": [], "kwargs": {}}), states.SUCCESS, value, None)
+        return [document for _, _, document in buffer.pending]
+
+    backend = cluster.app.backend
+    docs = documents(cluster.app, values)
+    assert [backend.encode(backend.decode(doc)) for doc in docs] == docs
+    assert [backend.decode(doc)["result"] for doc in docs] == values
+    yaml_app = Celery("yaml-results", broker="memory://", backend=cluster.app.conf.result_backend,
+                      result_serializer="yaml", result_accept_content=["yaml"])
+    try:
+        [doc] = documents(yaml_app, [{"a": [1, "☃"]}])
+        assert yaml_app.backend.encode(yaml_app.backend.decode(doc)) == doc
+        assert yaml_app.backend.decode(doc)["result"] == {"a": [1, "☃"]}
+    finally:
+        yaml_app.close()
+
+
 def test_gathered_results_still_reach_their_own_subscribers_and_large_ones_go_alone(cluster):
     """With a listener on the gathered channel, a group's small documents travel there together;
     a key with a subscriber of its own (a Celery ``.get()``) and a document over ``GATHER_MAX``
