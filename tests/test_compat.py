@@ -425,6 +425,24 @@ def test_result_meta_is_the_document_the_backend_stores(plain_app):
     backend.client.delete(backend.get_key_for_task(tid))
 
 
+def test_plain_json_encoder_writes_what_the_backend_encodes_and_only_for_kombus_json(plain_app):
+    import datetime
+
+    backend = plain_app.backend
+    document = {"status": "SUCCESS", "result": {"when": datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC),
+                                                "text": "naïve ☃", "raw": b"\xff"}, "task_id": "t"}
+    encode = _compat.plain_json_encoder(backend)
+    assert encode is not None and encode(document) == backend.encode(document)
+
+    class OwnEncoding(type(backend)):
+        def encode(self, data):
+            return "mine"
+
+    assert _compat.plain_json_encoder(OwnEncoding(app=plain_app, url=plain_app.conf.result_backend)) is None
+    plain_app.conf.result_serializer = "yaml"
+    assert _compat.plain_json_encoder(type(backend)(app=plain_app, url=plain_app.conf.result_backend)) is None
+
+
 def test_item_requests_make_each_item_the_request_and_the_task_current(plain_app):
     from celery import current_task
     from celery.app.task import Context

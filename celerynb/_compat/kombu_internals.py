@@ -80,6 +80,21 @@ def json_codec_is(dumps: Callable[..., str]) -> bool:
     return registry._encoders["json"][2] is dumps
 
 
+def plain_json_encoder(backend: Any) -> Callable[[Any], str] | None:
+    """What ``backend.encode(document)`` runs when that is kombu's own JSON, as one callable:
+    ``Backend.encode`` -> ``Backend._encode`` -> ``kombu.serialization.dumps`` -> the registered
+    ``kombu.utils.json.dumps`` -> ``JSONEncoder().encode`` (celery 5.7.0, kombu 5.7.0). None when
+    the backend's serializer, its encode methods or the registered JSON codec are others."""
+    from celery.backends.base import Backend
+    from kombu.utils.json import JSONEncoder, dumps
+
+    cls = type(backend)
+    if (getattr(backend, "serializer", None) == "json" and json_codec_is(dumps)
+            and cls.encode is Backend.encode and cls._encode is Backend._encode):
+        return JSONEncoder().encode
+    return None
+
+
 # -- kombu: messages a dead worker held ------------------------------------------------------------
 
 
