@@ -463,6 +463,21 @@ def test_states_stored_while_a_map_is_sent_are_heard_not_read(cluster, tasks):
     assert reads <= batched.PROBE + BATCH * sweeps, (reads, sweeps)
 
 
+    # Nor does a display's first picture (``read_now``) read them: while they are unsent and the
+    # monitor live, what they store is pushed; and it still is, once stored.
+    ids = [f"unsent-{os.getpid()}-{i}" for i in range(50)]
+    before = monitor.stats["mget_keys"]
+    monitor.track(ids, unsent=True)
+    monitor.read_now(ids)
+    assert monitor.stats["mget_keys"] == before
+    try:
+        for tid in ids:
+            cluster.app.backend.store_result(tid, 7, "SUCCESS")
+        assert {s.state for s in monitor.wait(ids, timeout=10).values()} == {"SUCCESS"}
+    finally:
+        cluster.app.backend.client.delete(*[cluster.app.backend.get_key_for_task(tid) for tid in ids])
+
+
 def test_batch_message_of_a_cell_task_names_its_version(app, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     from IPython.terminal.interactiveshell import TerminalInteractiveShell

@@ -83,6 +83,7 @@ class MonitorLoop:
                 source.close()
                 with self._lock:
                     self._live = False
+                    self._pushed.clear()  # what was stored while disconnected must be read
                     self._to_subscribe |= self._unfinished
                     self._to_unsubscribe.clear()
                     self._subscribed.clear()

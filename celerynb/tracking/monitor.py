@@ -90,6 +90,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         self._waiting: Counter[str] = Counter()  # ids some wait() needs kept
         self._pattern = False  # one pattern subscription covers every task (private server)
         self._live = False  # ...and the server confirmed it: whatever is stored from now on is heard
+        self._pushed: set[str] = set()  # unfinished tasks tracked unsent while live: never worth a read
         self._sweep_start = 0
         self.stats = {"reconciles": 0, "messages": 0, "reconnects": 0, "mget_keys": 0, "forgotten": 0, "listens": 0}
 
@@ -119,7 +120,9 @@ class TaskMonitor(MonitorLoop, FaultReactions):
                 self._snapshots[tid] = TaskSnapshot(task_id=tid, received_at=time.monotonic())
                 self._origin[tid] = origin
                 self._unfinished.add(tid)
-                if not heard:
+                if heard:
+                    self._pushed.add(tid)
+                else:
                     self._to_subscribe.add(tid)
                 fresh.append(tid)
         if fresh:
@@ -137,7 +140,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
                 if snap is None or snap.state != states.PENDING or self._pinned(tid):
                     continue
                 del self._snapshots[tid]
-                for known in (self._unfinished, self._to_subscribe):
+                for known in (self._unfinished, self._to_subscribe, self._pushed):
                     known.discard(tid)
                 self._origin.pop(tid, None)
 
@@ -146,7 +149,11 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         thread: a display's first picture then shows tasks that already ended as ended (the
         monitor's own first read comes a moment later, from its thread)."""
         with self._lock:
-            ids = [t for t in task_ids if (s := self._snapshots.get(t)) is not None and s.state == states.PENDING]
+            # Tasks tracked before they were sent, while every state stored is pushed here,
+            # have nothing stored that was not heard (20,000 of a map: ~60 ms of decoding saved).
+            pushed = self._pushed if self._live else ()
+            ids = [t for t in task_ids if (s := self._snapshots.get(t)) is not None and s.state == states.PENDING
+                   and t not in pushed]
         if not ids:
             return
         try:
@@ -318,6 +325,7 @@ class TaskMonitor(MonitorLoop, FaultReactions):
         """Bookkeeping of a task that just ended (under the lock)."""
         tid = snap.task_id
         self._unfinished.discard(tid)
+        self._pushed.discard(tid)
         self._origin.pop(tid, None)
         self._payloads.pop(tid, None)
         self._workers_of.pop(tid, None)
